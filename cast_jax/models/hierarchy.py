@@ -1,0 +1,49 @@
+"""The hierarchical segmentation CAST produces for free: chained argmax assignments of the pooling levels.
+
+Level l assigns every level-(l-1) token to one of K_l clusters (argmax of ``logit{l}``); composing the levels
+gives the level-l cluster of every superpixel, and reading that through a superpixel map gives it per pixel.
+This is the notebooks' fine-to-coarse algorithm (spec_voc_parts_notebooks.md §1.2); the levels are nested.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping, Sequence
+
+import jax
+import jax.numpy as jnp
+
+
+def compose_assignments(logits: Sequence[jax.Array]) -> list[jax.Array]:
+  """Hard cluster id of every level-0 token at each level.
+
+  logits[l]: (B, N_l, K_l) with N_{l+1} = K_l. Returns one (B, N_0) int32 array per level.
+  """
+  labels, current = [], None
+  for logit in logits:
+    level = jnp.argmax(logit, axis=-1).astype(jnp.int32)
+    current = level if current is None else jnp.take_along_axis(level, current, axis=1)
+    labels.append(current)
+  return labels
+
+
+def level_logits(intermediates: Mapping[str, jax.Array]) -> list[jax.Array]:
+  """``[logit1, logit2, ...]`` from a model's intermediates dict, in level order."""
+  levels = sorted(int(k[len('logit'):]) for k in intermediates if k.startswith('logit'))
+  return [intermediates[f'logit{level}'] for level in levels]
+
+
+def pixel_hierarchy(intermediates: Mapping[str, jax.Array], superpixels: jax.Array) -> jax.Array:
+  """Per-pixel cluster ids of every level.
+
+  Args:
+    intermediates: the model's ``intermediates`` (needs ``logit1..L``).
+    superpixels: (B, H, W) int ids indexing the level-0 tokens (the full-resolution map for the real
+      segmentation, or the map the model sampled for the low-resolution one).
+
+  Returns:
+    (B, L, H, W) int32; level l takes values in [0, K_l).
+  """
+  batch, height, width = superpixels.shape
+  flat = superpixels.reshape(batch, -1).astype(jnp.int32)
+  per_level = [jnp.take_along_axis(labels, flat, axis=1) for labels in compose_assignments(level_logits(intermediates))]
+  return jnp.stack(per_level, axis=1).reshape(batch, len(per_level), height, width)

@@ -1,0 +1,140 @@
+"""Every model of the project from one small description, ``ModelSpec``.
+
+A spec is what a converted checkpoint stores next to its arrays, so a checkpoint alone rebuilds its model.
+Sizes live in ``SIZES``; what distinguishes the original modules lives in ``KINDS``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Any, Optional, Sequence
+
+import flax.linen as nn
+
+from cast_jax.models.cast import CAST
+from cast_jax.models.moco import MoCo
+from cast_jax.models.vit import ConvViT
+
+# embed_dim, per-stage depth (CAST) and heads of each size. The ViT baseline uses sum(depth) blocks.
+SIZES = {
+    'small': dict(embed_dim=384, depth=(3, 3, 3, 2), num_heads=12),
+    'small_deep': dict(embed_dim=384, depth=(6, 3, 3, 3), num_heads=12),
+    'base': dict(embed_dim=768, depth=(3, 3, 3, 2), num_heads=12),
+    'base_deep': dict(embed_dim=768, depth=(6, 3, 3, 3), num_heads=12),
+}
+
+CLASSIFICATION_CLUSTERS = (64, 32, 16, 8)
+SEGMENTATION_CLUSTERS = (320, 160, 80, 40)
+
+# The original module each kind reproduces, and the CAST flags that make it so.
+KINDS = {
+    'cast': dict(pos_embed='sincos', token_resolution='features', fusion=False, readout='cls',
+                 block_naming='shared', clusters=CLASSIFICATION_CLUSTERS),  # cast_models/cast.py
+    'cast_deit': dict(pos_embed='learned', token_resolution='features', fusion=False, readout='cls',
+                      block_naming='shared', clusters=CLASSIFICATION_CLUSTERS),  # cast_models/cast_deit.py
+    'cast_seg_pretrain': dict(pos_embed='sincos', token_resolution='features', fusion=True, readout='token_mean',
+                              block_naming='per_stage', clusters=CLASSIFICATION_CLUSTERS),  # cast_seg, 'pretrain'
+    'cast_seg': dict(pos_embed='sincos', token_resolution='pixels', fusion=True, readout='tokens',
+                     block_naming='per_stage', clusters=SEGMENTATION_CLUSTERS),  # cast_seg, 'segmentation'
+    'cast_seg_deit': dict(pos_embed='learned', token_resolution='pixels', fusion=True, readout='fused',
+                          block_naming='shared', clusters=SEGMENTATION_CLUSTERS),  # cast_models/cast_seg_deit.py
+    'vit_conv': dict(),  # MoCo-v3 models/vits.py vit_conv_small / vit_conv_base
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSpec:
+  """Everything needed to build a model.
+
+  kind: a key of ``KINDS``. variant: a key of ``SIZES``; embed_dim/depth/num_heads override it.
+  image_size: the size the original was built with (fixes the position grid: image_size // 8 for CAST,
+  // 16 for the ViT). max_segments: static superpixel slots. moco: wrap in the MoCo projector/predictor.
+  """
+
+  kind: str = 'cast'
+  variant: str = 'small'
+  embed_dim: Optional[int] = None
+  depth: Optional[Sequence[int]] = None
+  num_heads: Optional[int] = None
+  num_clusters: Optional[Sequence[int]] = None
+  image_size: int = 224
+  max_segments: int = 196
+  num_classes: int = 0
+  moco: bool = False
+  moco_dim: int = 256
+  moco_mlp_dim: int = 4096
+  drop_path_rate: float = 0.0
+  pool_dropout: float = 0.1
+  fusion_dropout: float = 0.2
+
+  def __post_init__(self):
+    if self.kind not in KINDS:
+      raise ValueError(f'unknown model kind {self.kind!r}; choose one of {sorted(KINDS)}')
+    if self.variant not in SIZES:
+      raise ValueError(f'unknown variant {self.variant!r}; choose one of {sorted(SIZES)}')
+    for name in ('depth', 'num_clusters'):
+      value = getattr(self, name)
+      if value is not None:
+        object.__setattr__(self, name, tuple(int(v) for v in value))
+
+  def size(self) -> dict[str, Any]:
+    size = dict(SIZES[self.variant])
+    for key in size:
+      if getattr(self, key) is not None:
+        size[key] = getattr(self, key)
+    return size
+
+  def clusters(self) -> tuple[int, ...]:
+    return tuple(self.num_clusters or KINDS[self.kind]['clusters'])
+
+  def to_json(self) -> str:
+    return json.dumps(dataclasses.asdict(self), sort_keys=True)
+
+  @classmethod
+  def from_json(cls, text: str) -> 'ModelSpec':
+    return cls(**json.loads(text))
+
+  def replace(self, **changes) -> 'ModelSpec':
+    return dataclasses.replace(self, **changes)
+
+
+def build_encoder(spec: ModelSpec, dtype: Any = None) -> nn.Module:
+  size = spec.size()
+  num_classes = 0 if spec.moco else spec.num_classes
+  if spec.kind == 'vit_conv':
+    return ConvViT(embed_dim=size['embed_dim'], depth=sum(size['depth']), num_heads=size['num_heads'],
+                   pos_grid=spec.image_size // 16, num_classes=num_classes, drop_path_rate=spec.drop_path_rate,
+                   dtype=dtype)
+  flags = {k: v for k, v in KINDS[spec.kind].items() if k != 'clusters'}
+  return CAST(embed_dim=size['embed_dim'], depth=tuple(size['depth']), num_heads=size['num_heads'],
+              num_clusters=spec.clusters(), max_segments=spec.max_segments, pos_grid=spec.image_size // 8,
+              num_classes=num_classes, drop_path_rate=spec.drop_path_rate, pool_dropout=spec.pool_dropout,
+              fusion_dropout=spec.fusion_dropout, dtype=dtype, **flags)
+
+
+def build_model(spec: ModelSpec, dtype: Any = None) -> nn.Module:
+  """The Flax module for ``spec``: an encoder, or MoCo(encoder) when ``spec.moco``."""
+  encoder = build_encoder(spec, dtype)
+  if spec.moco:
+    return MoCo(encoder=encoder, dim=spec.moco_dim, mlp_dim=spec.moco_mlp_dim, dtype=dtype)
+  return encoder
+
+
+def is_frozen(spec: ModelSpec, path: Sequence[str]) -> bool:
+  """Whether the parameter at ``path`` (names below 'params') never trains in the original.
+
+  Fixed position tables (sin-cos ``pos_embed``, ``pe_token``) and, in ``cast.py``/``cast_deit.py``, the last
+  graph pooling layer ("Last graph pooling is not needed"; it stays at its initial values).
+  """
+  names = [p for p in path if p not in ('encoder',)]
+  if not names:
+    return False
+  leaf_owner = names[0]
+  if leaf_owner in ('pe_token',):
+    return True
+  if leaf_owner == 'pos_embed':
+    return spec.kind in ('cast', 'cast_seg_pretrain', 'cast_seg', 'vit_conv')
+  if leaf_owner == f'pool{len(spec.clusters())}':
+    return spec.kind in ('cast', 'cast_deit')
+  return False

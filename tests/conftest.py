@@ -1,0 +1,78 @@
+"""Shared test helpers: where the golden fixtures live, and how to build a model from their meta.json."""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+
+import numpy as np
+import pytest
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def golden_dir() -> pathlib.Path:
+  """``$CAST_GOLDEN_DIR``, else ``../shared/golden`` next to the repository."""
+  return pathlib.Path(os.environ.get('CAST_GOLDEN_DIR', REPO_ROOT.parent / 'shared' / 'golden'))
+
+
+def golden_folders() -> list[str]:
+  root = golden_dir()
+  if not root.is_dir():
+    return []
+  return sorted(p.name for p in root.iterdir() if (p / 'meta.json').is_file())
+
+
+def require_golden() -> pathlib.Path:
+  """The golden folder; in CI its absence is a failure, locally a skip that says where to put it."""
+  root = golden_dir()
+  if not golden_folders():
+    message = (f'golden fixtures not found at {root}: set CAST_GOLDEN_DIR to the folder holding the '
+               'original implementation\'s outputs (moco_cast/, deit_cast/, ...)')
+    if os.environ.get('CI'):
+      pytest.fail(message)
+    pytest.skip(message)
+  return root
+
+
+def load_meta(folder: str) -> dict:
+  return json.loads((golden_dir() / folder / 'meta.json').read_text())
+
+
+def checkpoint_path(folder: str) -> pathlib.Path:
+  files = [p for p in (golden_dir() / folder).iterdir() if p.suffix in ('.pth', '.tar')]
+  assert len(files) == 1, f'expected one checkpoint in {folder}, found {files}'
+  return files[0]
+
+
+def spec_from_meta(meta: dict):
+  """The ModelSpec that the original's constructor arguments in meta.json describe."""
+  from cast_jax.models import ModelSpec
+
+  if meta['kind'] == 'moco':
+    kind = 'cast_seg_pretrain' if 'seg' in meta['arch'] else 'cast'
+  else:
+    kind = {'deit': 'cast_deit', 'seg': 'cast_seg', 'seg_deit': 'cast_seg_deit'}[meta['kind']]
+  fields = dict(kind=kind, embed_dim=meta['embed_dim'], depth=tuple(meta['depth']), num_heads=meta['num_heads'],
+                num_clusters=tuple(meta['num_clusters']), image_size=meta['model_img_size'],
+                max_segments=meta['num_superpixels'])
+  if meta['kind'] == 'moco':
+    fields.update(moco=True, moco_dim=meta['moco_dim'], moco_mlp_dim=meta['moco_mlp_dim'])
+  elif kind != 'cast_seg_deit':
+    fields['num_classes'] = meta['num_classes']
+  return ModelSpec(**fields)
+
+
+def assert_close_golden(name: str, actual, expected) -> None:
+  """The golden README's tolerances: floats within 1e-4 of max(1, |expected|max), integers identical."""
+  actual = np.asarray(actual)
+  expected = np.asarray(expected)
+  assert actual.shape == expected.shape, f'{name}: shape {actual.shape} != golden {expected.shape}'
+  if expected.dtype.kind in 'iub':
+    mismatches = int(np.sum(actual.astype(np.int64) != expected.astype(np.int64)))
+    assert mismatches == 0, f'{name}: {mismatches} of {expected.size} entries differ'
+  else:
+    scale = max(1.0, float(np.abs(expected).max()))
+    err = float(np.abs(actual.astype(np.float64) - expected).max()) / scale
+    assert err <= 1e-4, f'{name}: max scaled difference {err:.3g} > 1e-4'
