@@ -1,0 +1,96 @@
+"""Speed measurements, one JSON line each.
+
+    python -m cast_jax.benchmark                       # everything
+    python -m cast_jax.benchmark --only forward --batch 32 --repeats 5
+
+Measurements (more join as the trainers and pipelines land):
+  forward: the eval forward pass of a CAST model (default cast_small, 224 px, 196 superpixels, batch 32):
+    compile time, then images per second over ``repeats`` timed calls after one warm-up call.
+
+Weights are random (speed does not depend on them) and superpixels are a regular 14x14 grid of 16 px cells,
+so every one of the 196 token slots is used, as with SEEDS at 224 px.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from cast_jax.models import ModelSpec, build_model
+
+
+def grid_superpixels(batch: int, size: int, cells_per_side: int) -> np.ndarray:
+  """(batch, size, size) int32 ids of a regular grid, row-major."""
+  cell = size // cells_per_side
+  idx = np.minimum(np.arange(size) // cell, cells_per_side - 1)
+  ids = idx[:, None] * cells_per_side + idx[None, :]
+  return np.broadcast_to(ids, (batch, size, size)).astype(np.int32)
+
+
+def _environment() -> dict:
+  device = jax.devices()[0]
+  return {'backend': jax.default_backend(), 'device': getattr(device, 'device_kind', str(device)),
+          'num_devices': jax.device_count(), 'jax': jax.__version__, 'python': platform.python_version()}
+
+
+def _time_calls(fn, args, repeats: int) -> tuple[float, float]:
+  """(seconds of the first call, including compilation; mean seconds of the next ``repeats`` calls)."""
+  start = time.perf_counter()
+  jax.block_until_ready(fn(*args))
+  first = time.perf_counter() - start
+  jax.block_until_ready(fn(*args))  # warm-up outside the timed loop (allocator, caches)
+  start = time.perf_counter()
+  for _ in range(repeats):
+    jax.block_until_ready(fn(*args))
+  return first, (time.perf_counter() - start) / repeats
+
+
+def bench_forward(variant: str, batch: int, image_size: int, num_superpixels: int, repeats: int,
+                  dtype: str) -> dict:
+  side = int(round(num_superpixels ** 0.5))
+  if side * side != num_superpixels:
+    raise ValueError(f'--superpixels must be a square number for the grid benchmark; got {num_superpixels}')
+  spec = ModelSpec(kind='cast', variant=variant, image_size=image_size, max_segments=num_superpixels)
+  compute_dtype = {'float32': None, 'bfloat16': jnp.bfloat16}[dtype]
+  model = build_model(spec, dtype=compute_dtype)
+  images = jnp.asarray(np.random.default_rng(0).normal(size=(batch, image_size, image_size, 3)), jnp.float32)
+  superpixels = jnp.asarray(grid_superpixels(batch, image_size, side))
+  variables = jax.jit(model.init)(jax.random.PRNGKey(0), images[:1], superpixels[:1])
+  forward = jax.jit(lambda v, x, y: model.apply(v, x, y)['features'])
+  start = time.perf_counter()
+  compiled = forward.lower(variables, images, superpixels).compile()
+  compile_s = time.perf_counter() - start
+  _, step_s = _time_calls(compiled, (variables, images, superpixels), repeats)
+  return {'name': 'forward', 'model': f'cast_{variant}', 'dtype': dtype, 'batch': batch, 'image_size': image_size,
+          'superpixels': num_superpixels, 'compile_s': round(compile_s, 2), 'step_s': round(step_s, 4),
+          'images_per_s': round(batch / step_s, 2), 'repeats': repeats, **_environment()}
+
+
+BENCHMARKS = {'forward': bench_forward}
+
+
+def main(argv=None) -> int:
+  parser = argparse.ArgumentParser(prog='python -m cast_jax.benchmark', description=__doc__.split('\n\n')[0])
+  parser.add_argument('--only', choices=sorted(BENCHMARKS), action='append', help='run only these (repeatable)')
+  parser.add_argument('--variant', default='small')
+  parser.add_argument('--batch', type=int, default=32)
+  parser.add_argument('--image-size', type=int, default=224)
+  parser.add_argument('--superpixels', type=int, default=196)
+  parser.add_argument('--repeats', type=int, default=5)
+  parser.add_argument('--dtype', choices=['float32', 'bfloat16'], default='float32')
+  args = parser.parse_args(argv)
+  for name in args.only or sorted(BENCHMARKS):
+    result = BENCHMARKS[name](args.variant, args.batch, args.image_size, args.superpixels, args.repeats, args.dtype)
+    print(json.dumps(result), flush=True)
+  return 0
+
+
+if __name__ == '__main__':
+  sys.exit(main())
