@@ -33,8 +33,8 @@ def model_outputs(spec, variables, images, superpixels):
     named.update({f'inter_{k}': v for k, v in inter.items()})
     named['hierarchy'] = pixel_hierarchy(inter, superpixels)
     if spec.kind in ('cast', 'cast_deit', 'cast_seg_pretrain'):
-      stride = superpixels.shape[1] // (spec.image_size // 8)
-      named['hierarchy_lowres'] = pixel_hierarchy(inter, downsample_nearest(superpixels, stride))
+      # The map the model samples: every 8th pixel, at the conv stem's stride.
+      named['hierarchy_lowres'] = pixel_hierarchy(inter, downsample_nearest(superpixels, 8))
     if 'tokens' in named:
       named['output'] = named['tokens']  # cast_seg_deit saves its fused tokens under both names
     return named

@@ -71,6 +71,8 @@ class CAST(nn.Module):
     readout: 'cls' (LayerNorm'd class token after stage 4), 'token_mean' (mean fused token), 'tokens'
       (fused superpixel tokens, head applied per token) or 'fused' (fused tokens with the cls row).
     block_naming: 'shared' (``blocks_0..``, one list) or 'per_stage' (``blocks1_0..``), as the checkpoints.
+    resize_pos_embed: with 'features' tokens, bicubically resize the position table to a feature grid of
+      another size (``cast_seg.py``) instead of refusing other image sizes (``cast.py``, ``cast_deit.py``).
     num_classes: output size of the linear ``head``; 0 for none (MoCo puts its projector on ``features``).
     drop_path_rate: stochastic depth, linearly increasing over blocks (timm).
     pool_dropout, fusion_dropout: dropout inside graph pooling (0.1) and BlockFusion (0.2).
@@ -89,6 +91,7 @@ class CAST(nn.Module):
   fusion: bool = False
   readout: str = 'cls'
   block_naming: str = 'shared'
+  resize_pos_embed: bool = False
   num_classes: int = 0
   drop_path_rate: float = 0.0
   pool_dropout: float = 0.1
@@ -125,12 +128,19 @@ class CAST(nn.Module):
     features = ConvStem(self.embed_dim, dtype=self.dtype, name='patch_embed')(images, train=train)
     pos_table, cls_pos = self._position_tables()
     if self.token_resolution == 'features':
-      if features.shape[1:3] != (self.pos_grid, self.pos_grid):
-        # The original bilinearly/bicubically resizes to the grid in cast_seg; with 'features' tokens the
-        # image must match the model size (resizing here would silently change the recipe).
-        raise ValueError(f'feature grid {features.shape[1:3]} differs from the position grid {self.pos_grid}; '
-                         f'feed {self.pos_grid * STEM_STRIDE}px images or build the model with that pos_grid.')
-      tokens, counts, _ = token_lib.grid_tokens(features, pos_table, superpixels, self.max_segments)
+      grid = features.shape[1:3]
+      if grid == (self.pos_grid, self.pos_grid):
+        tokens, counts, _ = token_lib.grid_tokens(features, pos_table, superpixels, self.max_segments)
+      elif self.resize_pos_embed:
+        # cast_seg's pretrain stage: the map is read at the feature grid and the position table is
+        # bicubically resized to that grid (an identity when the image has the model's size).
+        pos_grid = pos_table.reshape(self.pos_grid, self.pos_grid, self.embed_dim)
+        small = segments.downsample_nearest(superpixels, STEM_STRIDE)
+        tokens, counts = token_lib.pixel_tokens(features, pos_grid, small, self.max_segments)
+      else:
+        # cast.py / cast_deit.py view the table as the feature grid and fail on other sizes.
+        raise ValueError(f'feature grid {grid} differs from the position grid {self.pos_grid}; feed '
+                         f'{self.pos_grid * STEM_STRIDE}px images or build the model with that image size.')
     elif self.token_resolution == 'pixels':
       pos_grid = pos_table.reshape(self.pos_grid, self.pos_grid, self.embed_dim)
       tokens, counts = token_lib.pixel_tokens(features, pos_grid, superpixels, self.max_segments)
@@ -170,14 +180,17 @@ class CAST(nn.Module):
       'logits': head output when num_classes > 0,
       'intermediates': per level l = 1..4 ``logit{l}`` (B, N_{l-1}, K_l), ``centroid{l}`` (B, K_l, D),
         ``block{l}`` (B, N_{l-1}, D) pre-pool tokens, ``padding_mask{l}`` (B, N_{l-1}) empty tokens,
-        ``sampled_inds{l}`` (B, K_l), ``cls{l}`` (B, 1, D) post-pool class token; and ``valid_tokens``
-        (B, S), ``superpixel_counts`` (B, S).
+        ``sampled_inds{l}`` (B, K_l), ``cls{l}`` (B, 1, D) post-pool class token; ``valid_tokens`` (B, S);
+        ``superpixel_counts`` (B,) non-empty tokens per image; ``superpixels_in_range`` (B,) False where an
+        id was outside [0, max_segments) (checked eagerly too; under jit such pixels are dropped, never
+        mixed into another segment or image).
     """
     self._check_inputs(images, superpixels)
     if self.dtype is not None:
       images = images.astype(self.dtype)
     x, cls, empty, valid = self._tokenize(images, superpixels, train)
-    inter = {'valid_tokens': valid, 'superpixel_counts': jnp.sum(~empty, axis=-1)}
+    inter = {'valid_tokens': valid, 'superpixel_counts': jnp.sum(~empty, axis=-1),
+             'superpixels_in_range': segments.ids_in_range(superpixels, self.max_segments)}
 
     stage_valid = valid
     stage_blocks = self._blocks()

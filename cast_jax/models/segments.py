@@ -61,12 +61,23 @@ def downsample_nearest(superpixels, factor: int):
 
 
 def segment_sum(values, ids, num_segments: int):
-  """Per-image segment sums. values (B, P, C), ids (B, P) int in [0, S) -> (B, S, C)."""
+  """Per-image segment sums. values (B, P, C), ids (B, P) int in [0, S) -> (B, S, C).
+
+  Ids outside [0, S) (possible only under jit, where values cannot be validated) are dropped instead of
+  spilling into a neighbouring image's segments; ``ids_in_range`` reports them.
+  """
   batch = values.shape[0]
   offsets = (jnp.arange(batch, dtype=ids.dtype) * num_segments)[:, None]
-  flat = jax.ops.segment_sum(values.reshape(-1, values.shape[-1]), (ids + offsets).reshape(-1),
+  flat_ids = jnp.where((ids >= 0) & (ids < num_segments), ids + offsets, batch * num_segments)
+  flat = jax.ops.segment_sum(values.reshape(-1, values.shape[-1]), flat_ids.reshape(-1),
                              num_segments=batch * num_segments)
   return flat.reshape(batch, num_segments, values.shape[-1])
+
+
+def ids_in_range(ids, num_segments: int):
+  """(B,) bool: every id of the image lies in [0, num_segments). ids: (B, ...)."""
+  flat = ids.reshape(ids.shape[0], -1)
+  return jnp.all((flat >= 0) & (flat < num_segments), axis=1)
 
 
 def segment_counts(ids, num_segments: int):

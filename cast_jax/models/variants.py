@@ -34,7 +34,8 @@ KINDS = {
     'cast_deit': dict(pos_embed='learned', token_resolution='features', fusion=False, readout='cls',
                       block_naming='shared', clusters=CLASSIFICATION_CLUSTERS),  # cast_models/cast_deit.py
     'cast_seg_pretrain': dict(pos_embed='sincos', token_resolution='features', fusion=True, readout='token_mean',
-                              block_naming='per_stage', clusters=CLASSIFICATION_CLUSTERS),  # cast_seg, 'pretrain'
+                              block_naming='per_stage', resize_pos_embed=True,
+                              clusters=CLASSIFICATION_CLUSTERS),  # cast_seg, 'pretrain'
     'cast_seg': dict(pos_embed='sincos', token_resolution='pixels', fusion=True, readout='tokens',
                      block_naming='per_stage', clusters=SEGMENTATION_CLUSTERS),  # cast_seg, 'segmentation'
     'cast_seg_deit': dict(pos_embed='learned', token_resolution='pixels', fusion=True, readout='fused',
