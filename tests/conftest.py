@@ -76,3 +76,28 @@ def assert_close_golden(name: str, actual, expected) -> None:
     scale = max(1.0, float(np.abs(expected).max()))
     err = float(np.abs(actual.astype(np.float64) - expected).max()) / scale
     assert err <= 1e-4, f'{name}: max scaled difference {err:.3g} > 1e-4'
+
+
+def quick_variables(model, *inputs, seed: int = 0):
+  """Random variables with the model's shapes, without compiling ``model.init``.
+
+  ``jax.jit(model.init)`` compiles the whole forward pass (10-20 s on CPU for any CAST); tests that only need
+  plausible weights take shapes from ``jax.eval_shape`` and fill them: N(0, 0.05) parameters (LayerNorm and
+  BatchNorm scales around 1), zero running means and unit running variances.
+  """
+  import jax
+
+  shapes = jax.eval_shape(lambda *args: model.init(jax.random.PRNGKey(0), *args), *inputs)
+  rng = np.random.default_rng(seed)
+
+  def fill(path, leaf):
+    names = [getattr(p, 'key', str(p)) for p in path]
+    if names[0] == 'batch_stats':
+      value = np.ones(leaf.shape) if names[-1] == 'var' else np.zeros(leaf.shape)
+    elif names[-1] == 'scale':
+      value = 1.0 + 0.05 * rng.standard_normal(leaf.shape)
+    else:
+      value = 0.05 * rng.standard_normal(leaf.shape)
+    return np.asarray(value, leaf.dtype)
+
+  return jax.tree_util.tree_map_with_path(fill, shapes)

@@ -115,14 +115,16 @@ class Attention(nn.Module):
     batch, tokens, dim = x.shape
     head_dim = dim // self.num_heads
     qkv = nn.Dense(3 * dim, dtype=self.dtype, name='qkv')(x)
-    qkv = qkv.reshape(batch, tokens, 3, self.num_heads, head_dim)
-    q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]  # (B, N, H, hd)
-    logits = jnp.einsum('bqhd,bkhd->bhqk', q, k) * head_dim ** -0.5
+    # Heads go next to the batch axis before the two batched matmuls: XLA's CPU backend runs
+    # 'bhqd,bhkd' about twice as fast as the same contraction with heads between the token axes.
+    qkv = qkv.reshape(batch, tokens, 3, self.num_heads, head_dim).transpose(2, 0, 3, 1, 4)
+    q, k, v = qkv[0], qkv[1], qkv[2]  # (B, H, N, hd)
+    logits = jnp.einsum('bhqd,bhkd->bhqk', q * head_dim ** -0.5, k)
     logits = logits.astype(jnp.float32)
     if key_mask is not None:
       logits = jnp.where(key_mask[:, None, None, :], logits, jnp.finfo(jnp.float32).min)
     weights = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
-    out = jnp.einsum('bhqk,bkhd->bqhd', weights, v).reshape(batch, tokens, dim)
+    out = jnp.einsum('bhqk,bhkd->bhqd', weights, v).transpose(0, 2, 1, 3).reshape(batch, tokens, dim)
     return nn.Dense(dim, dtype=self.dtype, name='proj')(out)
 
 
