@@ -36,7 +36,6 @@ SPEC_KEY = '__spec__'
 COLLECTIONS = ('params', 'batch_stats', 'momentum_params', 'momentum_batch_stats')
 # State-dict keys the original keeps but never uses in the forward pass of that kind (spec_supervised_seg §1.9).
 UNUSED_BY_KIND = {'cast_seg_deit': ('norm.', 'head.')}
-SEGMENTATION_MAX_SEGMENTS = 1024
 
 
 class ConversionError(ValueError):
@@ -174,9 +173,6 @@ def detect_spec(branches, info, overrides: Optional[dict[str, Any]] = None) -> M
     fields['num_classes'] = 0
     fields['moco_mlp_dim'] = int(enc['head.0.weight'].shape[0])
     fields['moco_dim'] = int(enc['head.6.weight'].shape[0])
-  if kind in ('cast_seg', 'cast_seg_deit'):
-    # The token slots depend on the crop, not the weights: 1024 is the ADE20K recipe (512 px, 1024 SEEDS).
-    fields['max_segments'] = SEGMENTATION_MAX_SEGMENTS
   fields.update(overrides)
   return ModelSpec(**fields)
 

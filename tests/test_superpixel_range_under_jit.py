@@ -36,3 +36,19 @@ def test_out_of_range_ids_are_flagged_and_do_not_leak_into_other_images():
                              np.asarray(clean['intermediates']['block1'][1]), atol=1e-5)
   # The dropped pixels leave their slots empty instead of inventing a segment.
   assert bool(both['intermediates']['padding_mask1'][0, 0]) or int(both['intermediates']['superpixel_counts'][0]) < 16
+
+
+def test_token_count_follows_the_map_the_model_samples():
+  """The original's token count is max id + 1 of the stride-8 map it pools over, not of the full map."""
+  spec = ModelSpec(kind='cast', embed_dim=48, depth=(1, 1, 1, 1), num_clusters=(8, 4, 2, 1), image_size=64,
+                   max_segments=16)
+  model = build_model(spec)
+  images = jnp.asarray(np.random.default_rng(1).normal(size=(2, 64, 64, 3)), jnp.float32)
+  ids = _grid_ids(64, 4) % 12  # ids 0..11 at every sampled pixel
+  hidden = ids.copy()
+  hidden[1::8, 1::8] = 15  # id 15 only at pixels the stride-8 sampling skips
+  variables = quick_variables(model, images, jnp.asarray(np.stack([ids, ids])))
+  forward = jax.jit(lambda y: model.apply(variables, images, y))
+  plain, with_hidden = forward(jnp.asarray(np.stack([ids, ids]))), forward(jnp.asarray(np.stack([hidden, hidden])))
+  assert int(np.asarray(with_hidden['intermediates']['valid_tokens']).sum(axis=1)[0]) == 12
+  np.testing.assert_allclose(np.asarray(with_hidden['features']), np.asarray(plain['features']), atol=1e-6)

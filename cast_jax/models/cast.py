@@ -127,16 +127,18 @@ class CAST(nn.Module):
     """Level-0 tokens (B, S, D), class token (B, 1, D), empty (B, S) and valid (B, S) masks."""
     features = ConvStem(self.embed_dim, dtype=self.dtype, name='patch_embed')(images, train=train)
     pos_table, cls_pos = self._position_tables()
+    # `pooled_ids` is the map the segment means are taken over: its max id + 1 is the original's token count.
+    pooled_ids = superpixels
     if self.token_resolution == 'features':
       grid = features.shape[1:3]
+      pooled_ids = segments.downsample_nearest(superpixels, STEM_STRIDE)
       if grid == (self.pos_grid, self.pos_grid):
         tokens, counts, _ = token_lib.grid_tokens(features, pos_table, superpixels, self.max_segments)
       elif self.resize_pos_embed:
         # cast_seg's pretrain stage: the map is read at the feature grid and the position table is
         # bicubically resized to that grid (an identity when the image has the model's size).
         pos_grid = pos_table.reshape(self.pos_grid, self.pos_grid, self.embed_dim)
-        small = segments.downsample_nearest(superpixels, STEM_STRIDE)
-        tokens, counts = token_lib.pixel_tokens(features, pos_grid, small, self.max_segments)
+        tokens, counts = token_lib.pixel_tokens(features, pos_grid, pooled_ids, self.max_segments)
       else:
         # cast.py / cast_deit.py view the table as the feature grid and fail on other sizes.
         raise ValueError(f'feature grid {grid} differs from the position grid {self.pos_grid}; feed '
@@ -148,7 +150,7 @@ class CAST(nn.Module):
       raise ValueError(f"token_resolution must be 'features' or 'pixels'; got {self.token_resolution!r}")
     cls_token = self.param('cls_token', nn.initializers.normal(1e-6), (1, 1, self.embed_dim))
     cls = jnp.broadcast_to((cls_token + cls_pos).astype(tokens.dtype), (tokens.shape[0], 1, self.embed_dim))
-    valid = segments.batch_valid_mask(superpixels.reshape(superpixels.shape[0], -1), self.max_segments)
+    valid = segments.batch_valid_mask(pooled_ids.reshape(pooled_ids.shape[0], -1), self.max_segments)
     return tokens, cls, counts == 0, valid
 
   def _blocks(self):

@@ -60,7 +60,7 @@ class ModelSpec:
   num_heads: Optional[int] = None
   num_clusters: Optional[Sequence[int]] = None
   image_size: int = 224
-  max_segments: int = 196
+  max_segments: Optional[int] = None  # default: 196, or 1024 for the segmentation-cluster kinds
   num_classes: int = 0
   moco: bool = False
   moco_dim: int = 256
@@ -74,6 +74,12 @@ class ModelSpec:
       raise ValueError(f'unknown model kind {self.kind!r}; choose one of {sorted(KINDS)}')
     if self.variant not in SIZES:
       raise ValueError(f'unknown variant {self.variant!r}; choose one of {sorted(SIZES)}')
+    first_level = self.clusters()[0] if self.kind != 'vit_conv' else 0
+    if self.max_segments is None:
+      object.__setattr__(self, 'max_segments', 1024 if first_level > 196 else 196)
+    if self.max_segments < first_level:
+      raise ValueError(f'max_segments={self.max_segments} is smaller than the first pooling level '
+                       f'({self.clusters()[0]} clusters): use more superpixels or fewer clusters.')
     for name in ('depth', 'num_clusters'):
       value = getattr(self, name)
       if value is not None:
