@@ -1,0 +1,65 @@
+"""Turning whatever a dataset holds into an (H, W, 3) uint8 RGB array, or a reason why not.
+
+Real image collections contain grayscale, CMYK, palette, RGBA and 16-bit files, and the odd truncated or
+corrupt one. A training run must not stop for them: convertible images are converted (alpha composited on
+white, 16-bit scaled to 8-bit, CMYK and palettes through PIL), and the rest yield ``None`` plus a reason,
+which the pipeline counts and reports instead of raising.
+"""
+
+from __future__ import annotations
+
+import io
+from typing import Optional, Union
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+ImageLike = Union[bytes, np.ndarray, Image.Image]
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+  if img.mode == 'RGB':
+    return img
+  if img.mode in ('I;16', 'I;16B', 'I;16L', 'I'):
+    # 16/32-bit integer grayscale: PIL's convert('L') clips instead of scaling, so scale by the bit depth.
+    values = np.asarray(img, np.float64)
+    top = 65535.0 if img.mode.startswith('I;16') or values.max() > 255 else 255.0
+    gray = np.clip(np.round(values / top * 255.0), 0, 255).astype(np.uint8)
+    return Image.fromarray(gray, 'L').convert('RGB')
+  if img.mode in ('RGBA', 'LA', 'PA') or (img.mode == 'P' and 'transparency' in img.info):
+    rgba = img.convert('RGBA')
+    background = Image.new('RGBA', rgba.size, (255, 255, 255, 255))
+    return Image.alpha_composite(background, rgba).convert('RGB')
+  return img.convert('RGB')  # L, 1, P, CMYK, YCbCr, F, ...
+
+
+def _array_to_rgb(array: np.ndarray) -> np.ndarray:
+  if array.ndim == 2:
+    array = array[..., None]
+  if array.ndim != 3 or array.shape[-1] not in (1, 3, 4):
+    raise ValueError(f'image array must be (H, W), (H, W, 1), (H, W, 3) or (H, W, 4); got shape {array.shape}')
+  if array.dtype == np.uint16:
+    array = np.round(array.astype(np.float64) / 65535.0 * 255.0).astype(np.uint8)
+  elif array.dtype != np.uint8:
+    raise ValueError(f'image arrays must be uint8 or uint16; got {array.dtype}')
+  if array.shape[-1] == 1:
+    array = np.repeat(array, 3, axis=-1)
+  elif array.shape[-1] == 4:
+    alpha = array[..., 3:].astype(np.float32) / 255.0
+    array = np.round(array[..., :3] * alpha + 255.0 * (1.0 - alpha)).astype(np.uint8)
+  return np.ascontiguousarray(array)
+
+
+def decode_image(data: ImageLike) -> tuple[Optional[np.ndarray], Optional[str]]:
+  """(rgb uint8 (H, W, 3), None) on success, (None, reason) for unusable input. Never raises on bad bytes."""
+  try:
+    if isinstance(data, np.ndarray):
+      return _array_to_rgb(data), None
+    if isinstance(data, Image.Image):
+      img = data
+    else:
+      img = Image.open(io.BytesIO(bytes(data)))
+    img.load()  # decode now: truncated files fail here, not later inside an augmentation
+    return np.asarray(_to_rgb(img), np.uint8).copy(), None
+  except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+    return None, f'{type(e).__name__}: {e}'

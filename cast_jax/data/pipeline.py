@@ -1,0 +1,120 @@
+"""From a random-access source to batches: grain, deterministic per seed, resumable, robust to bad files.
+
+    source --ResilientDecode--> shuffle(seed) --shard by process--> repeat --recipe (RandomMap)--> batch
+           --to_iter_dataset--> [mp_prefetch(workers)]
+
+* ``ResilientDecode`` turns each record's image into RGB uint8. An unusable record (corrupt or truncated
+  file, unsupported array) is replaced by the next usable record in source order, and the element carries
+  ``skipped``, the number of records passed over; batching sums it, so the count survives worker processes.
+* Sharding: every process shuffles with the same seed and takes every ``process_count``-th element, so
+  processes see disjoint examples of each epoch.
+* The iterator's ``get_state()`` / ``set_state()`` (saved with the training checkpoint) resume exactly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, Mapping, Optional
+
+import grain
+import numpy as np
+
+from cast_jax.data.decode import decode_image
+
+# A recipe: (decoded example, rng) -> dict of numpy arrays with fixed shapes.
+Recipe = Callable[[dict[str, Any], np.random.Generator], dict[str, Any]]
+
+
+class ResilientDecode(grain.MapDataset):
+  """Decodes ``record['image']``; bad records are replaced by the next good one and counted.
+
+  ``max_consecutive_failures`` bounds the search: a source where that many records in a row fail is
+  almost certainly misconfigured (wrong folder, wrong format), which should stop the run with a message.
+  """
+
+  def __init__(self, parent: grain.MapDataset, max_consecutive_failures: int = 100):
+    super().__init__(parent)
+    self._max_failures = max_consecutive_failures
+
+  def __len__(self) -> int:
+    return len(self._parent)
+
+  def __str__(self) -> str:
+    return 'ResilientDecode'
+
+  def __getitem__(self, index):
+    if isinstance(index, slice):
+      return self.slice(index)
+    size = len(self._parent)
+    reasons = []
+    for offset in range(min(self._max_failures, size)):
+      record = self._parent[(index + offset) % size]
+      image, reason = decode_image(record['image'])
+      if image is not None:
+        out = {k: v for k, v in record.items() if k != 'image'}
+        out.update(image=image, skipped=np.int32(offset))
+        return out
+      reasons.append(f'record {(index + offset) % size}: {reason}')
+    raise RuntimeError(f'{len(reasons)} consecutive records could not be decoded; is the source right? '
+                       f'First failures: {reasons[:3]}')
+
+
+class ApplyRecipe(grain.transforms.RandomMap):
+  """Runs a recipe with grain's per-element rng (deterministic for a given seed and position)."""
+
+  def __init__(self, recipe: Recipe):
+    self._recipe = recipe
+
+  def random_map(self, element, rng: np.random.Generator):
+    out = self._recipe(element, rng)
+    out['skipped'] = element.get('skipped', np.int32(0))
+    return out
+
+
+@dataclasses.dataclass(frozen=True)
+class PipelineConfig:
+  """batch_size: per process. num_epochs: None repeats forever. num_workers: 0 runs in this process."""
+
+  batch_size: int
+  seed: int = 0
+  shuffle: bool = True
+  num_epochs: Optional[int] = None
+  num_workers: int = 0
+  prefetch_buffer: int = 2
+  drop_remainder: bool = True
+
+
+def make_dataset(source, recipe: Recipe, config: PipelineConfig, process_index: int = 0,
+                 process_count: int = 1) -> grain.IterDataset:
+  """The batched, sharded, shuffled pipeline over ``source`` (anything with __len__ and __getitem__)."""
+  if len(source) == 0:
+    raise ValueError('the data source is empty: check the dataset path or split')
+  ds = ResilientDecode(grain.MapDataset.source(source))
+  if config.shuffle:
+    ds = ds.shuffle(seed=config.seed)
+  if process_count > 1:
+    ds = ds[process_index::process_count]
+  if len(ds) < config.batch_size and config.drop_remainder:
+    raise ValueError(f'{len(ds)} examples per process cannot fill one batch of {config.batch_size}; '
+                     'use a smaller batch or a larger dataset')
+  ds = ds.repeat(config.num_epochs).seed(config.seed).random_map(ApplyRecipe(recipe))
+  ds = ds.batch(config.batch_size, drop_remainder=config.drop_remainder)
+  it = ds.to_iter_dataset()
+  if config.num_workers > 0:
+    _ensure_absl_flags_parsed()
+    it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=config.num_workers,
+                                                     per_worker_buffer_size=config.prefetch_buffer))
+  return it
+
+
+def _ensure_absl_flags_parsed():
+  """Grain's worker processes read absl flags; outside an absl app (pytest, notebooks) take the defaults."""
+  from absl import flags  # pylint: disable=import-outside-toplevel
+
+  if not flags.FLAGS.is_parsed():
+    flags.FLAGS.mark_as_parsed()
+
+
+def summarize_skips(batch: Mapping[str, Any]) -> int:
+  """Records skipped to fill this batch (0 when every file decoded)."""
+  return int(np.sum(batch.get('skipped', 0)))

@@ -1,0 +1,104 @@
+"""The original's augmentation recipes, each a picklable callable ``(example, rng) -> arrays``.
+
+Every recipe computes superpixels on its *final* augmented view (as the original does), then normalizes.
+``superpixel_fn`` maps an (S, S, 3) uint8 view to an (S, S) int32 map (see ``cast_jax.superpixels``).
+
+Implemented: MoCo-v3 two views (spec_moco.md §1.2), linear-probe train and eval (§4). The supervised
+(RandAugment, erasing, mixing) and segmentation recipes are still to come.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+import numpy as np
+from PIL import Image
+
+from cast_jax.data import augment
+
+SuperpixelFn = Callable[[np.ndarray], np.ndarray]
+
+
+@dataclasses.dataclass(frozen=True)
+class ViewAugmentation:
+  """One BYOL-style view: crop, jitter (p), grayscale (p), blur (p), solarize (p), flip, in that order."""
+
+  size: int = 224
+  crop_scale: tuple[float, float] = (0.08, 1.0)
+  jitter_prob: float = 0.8
+  grayscale_prob: float = 0.2
+  blur_prob: float = 1.0
+  solarize_prob: float = 0.0
+
+  def __call__(self, img: Image.Image, rng: np.random.Generator) -> np.ndarray:
+    img = augment.random_resized_crop(img, self.size, rng, self.crop_scale)
+    if rng.random() < self.jitter_prob:
+      img = augment.color_jitter(img, rng)
+    if rng.random() < self.grayscale_prob:
+      img = augment.grayscale(img)
+    if rng.random() < self.blur_prob:
+      img = augment.gaussian_blur(img, rng)
+    if rng.random() < self.solarize_prob:
+      img = augment.solarize(img)
+    if rng.random() < 0.5:
+      img = augment.hflip(img)
+    return np.asarray(img, np.uint8)
+
+
+# The two views of MoCo-v3 (and BYOL): view 1 always blurred; view 2 rarely blurred, sometimes solarized.
+MOCO_VIEW1 = ViewAugmentation(blur_prob=1.0, solarize_prob=0.0)
+MOCO_VIEW2 = ViewAugmentation(blur_prob=0.1, solarize_prob=0.2)
+
+
+@dataclasses.dataclass(frozen=True)
+class MoCoTwoViews:
+  """example {'image': uint8 (H, W, 3), ...} -> 'view1', 'view2' float32 (S, S, 3) normalized,
+  'superpixels1', 'superpixels2' int32 (S, S), 'label' int32."""
+
+  superpixel_fn: SuperpixelFn
+  view1: ViewAugmentation = MOCO_VIEW1
+  view2: ViewAugmentation = MOCO_VIEW2
+
+  def __call__(self, example: dict[str, Any], rng: np.random.Generator) -> dict[str, Any]:
+    img = Image.fromarray(example['image'])
+    out = {'label': np.int32(example.get('label', -1))}
+    for name, view in (('1', self.view1), ('2', self.view2)):
+      pixels = view(img, rng)
+      out['superpixels' + name] = self.superpixel_fn(pixels)
+      out['view' + name] = augment.normalize(pixels)
+    return out
+
+
+@dataclasses.dataclass(frozen=True)
+class LinearProbeTrain:
+  """``RandomResizedCrop(224)`` + flip (main_lincls): 'image' float32, 'superpixels' int32, 'label'."""
+
+  superpixel_fn: SuperpixelFn
+  size: int = 224
+
+  def __call__(self, example, rng):
+    img = augment.random_resized_crop(Image.fromarray(example['image']), self.size, rng)
+    if rng.random() < 0.5:
+      img = augment.hflip(img)
+    pixels = np.asarray(img, np.uint8)
+    return {'image': augment.normalize(pixels), 'superpixels': self.superpixel_fn(pixels),
+            'label': np.int32(example.get('label', -1))}
+
+
+@dataclasses.dataclass(frozen=True)
+class CenterCropEval:
+  """Evaluation: resize the shorter side to ``resize`` then centre-crop ``size`` (256 / 224)."""
+
+  superpixel_fn: SuperpixelFn
+  size: int = 224
+  resize: int = 256
+  resample: int = Image.BILINEAR  # the supervised recipe evaluates with bicubic
+
+  def __call__(self, example, rng=None):
+    del rng
+    img = augment.center_crop(augment.resize_shorter(Image.fromarray(example['image']), self.resize, self.resample),
+                              self.size)
+    pixels = np.asarray(img, np.uint8)
+    return {'image': augment.normalize(pixels), 'superpixels': self.superpixel_fn(pixels),
+            'label': np.int32(example.get('label', -1))}
