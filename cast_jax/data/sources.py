@@ -80,7 +80,7 @@ class TfdsSource:
     import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
 
     try:
-      self._source = tfds.data_source(name, split=split, data_dir=data_dir)
+      self._source = tfds.data_source(name, split=split, data_dir=data_dir, download=False)
     except Exception as e:  # tfds raises several types for "not prepared" / "wrong format"
       raise ValueError(
           f"TFDS dataset {name!r} split {split!r} is not available as ArrayRecord under data_dir={data_dir!r} "
