@@ -114,3 +114,22 @@ def center_crop(img: Image.Image, size: int) -> Image.Image:
   top = int(round((h - size) / 2.0))
   left = int(round((w - size) / 2.0))
   return img.crop((left, top, left + size, top + size))
+
+
+def seeds_input(image: np.ndarray) -> np.ndarray:
+  """The uint8 image the original hands to SEEDS, from the normalized float32 (H, W, 3) image.
+
+  ``datasets_seeds.py`` does ``((t * std + mean) * 255).astype(np.uint8)`` with no rounding and no clipping:
+  * float32 ``t`` times the float64 mean/std tuples computes in float64;
+  * the cast truncates toward zero, so a pixel whose round trip lands at 254.9999 becomes 254, not 255;
+  * values outside [0, 256) wrap modulo 256 (C's float -> int -> uint8 on x86). They only occur in randomly
+    erased boxes, whose N(0, 1) noise leaves [0, 1] after de-normalization: -0.3 -> -76.5 -> 180 and
+    1.2 -> 306 -> 50. The erased box therefore looks to SEEDS like a noisy patch with colours wrapped
+    around, not like a clipped one; the wrap is written out here so it does not depend on the platform.
+  Returns (H, W, 3) uint8.
+  """
+  # timm's constants as Python floats (float64): widening augment's float32 copies would give other numbers.
+  std = np.array([0.229, 0.224, 0.225], np.float64)
+  mean = np.array([0.485, 0.456, 0.406], np.float64)
+  scaled = (image.astype(np.float64) * std + mean) * 255.0
+  return np.mod(np.trunc(scaled).astype(np.int64), 256).astype(np.uint8)

@@ -94,11 +94,16 @@ class CenterCropEval:
   size: int = 224
   resize: int = 256
   resample: int = Image.BILINEAR  # the supervised recipe evaluates with bicubic
+  # The DeiT code computes SEEDS on the de-normalized, truncated tensor (augment.seeds_input), the MoCo
+  # code on the crop's own pixels (identical there, since its tensor is exactly k / 255).
+  superpixels_from_normalized: bool = False
 
   def __call__(self, example, rng=None):
     del rng
     img = augment.center_crop(augment.resize_shorter(Image.fromarray(example['image']), self.resize, self.resample),
                               self.size)
     pixels = np.asarray(img, np.uint8)
-    return {'image': augment.normalize(pixels), 'superpixels': self.superpixel_fn(pixels),
+    image = augment.normalize(pixels)
+    seeds_pixels = augment.seeds_input(image) if self.superpixels_from_normalized else pixels
+    return {'image': image, 'superpixels': self.superpixel_fn(seeds_pixels),
             'label': np.int32(example.get('label', -1))}
