@@ -3,9 +3,12 @@
     python -m cast_jax.benchmark                       # everything
     python -m cast_jax.benchmark --only forward --batch 32 --repeats 5
 
-Measurements (more join as the trainers and pipelines land):
+Measurements (more join as the trainers land):
   forward: the eval forward pass of a CAST model (default cast_small, 224 px, 196 superpixels, batch 32):
     compile time, then images per second over ``repeats`` timed calls after one warm-up call.
+  superpixels: SEEDS (MoCo preset) and SLIC on 224 px PartWorld images, one process, images per second.
+  pipeline: each augmentation recipe with its superpixels over the built-in PartWorld source, batches of 32,
+    with 1 and 2 grain worker processes, images per second after the first batch.
 
 Weights are random (speed does not depend on them) and superpixels are a regular 14x14 grid of 16 px cells,
 so every one of the 196 token slots is used, as with SEEDS at 224 px.
@@ -14,6 +17,7 @@ so every one of the 196 token slots is used, as with SEEDS at 224 px.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import platform
 import sys
@@ -73,7 +77,90 @@ def bench_forward(variant: str, batch: int, image_size: int, num_superpixels: in
           'images_per_s': round(batch / step_s, 2), 'repeats': repeats, **_environment()}
 
 
-BENCHMARKS = {'forward': bench_forward}
+def _moco_superpixels():
+  """SEEDS with the MoCo recipe's settings, as a picklable callable for worker processes."""
+  from cast_jax import superpixels  # pylint: disable=import-outside-toplevel
+
+  return functools.partial(superpixels.compute_superpixels, config=superpixels.preset('moco'))
+
+
+def _slic_superpixels():
+  from cast_jax import superpixels  # pylint: disable=import-outside-toplevel
+
+  return functools.partial(superpixels.compute_superpixels, config=superpixels.preset('slic'))
+
+
+class _SegmentationView:
+  """PartWorld with its part mask as the label map the segmentation recipe expects."""
+
+  def __init__(self, source):
+    self._source = source
+
+  def __len__(self):
+    return len(self._source)
+
+  def __getitem__(self, index):
+    example = self._source[index]
+    return {'image': example['image'], 'label_map': example['part_mask'].astype(np.uint8),
+            'label': example['label']}
+
+
+def _pipeline_recipes(superpixel_fn):
+  from cast_jax.data import recipes, segmentation, supervised  # pylint: disable=import-outside-toplevel
+
+  return {
+      'moco_two_views': recipes.MoCoTwoViews(superpixel_fn),
+      'linear_probe_train': recipes.LinearProbeTrain(superpixel_fn),
+      'supervised_train': supervised.SupervisedTrain(superpixel_fn),
+      'segmentation_train': segmentation.SegmentationTrain(superpixel_fn, crop_size=224, img_scale=(896, 224)),
+      'center_crop_eval': recipes.CenterCropEval(superpixel_fn),
+  }
+
+
+def bench_pipeline(args) -> list[dict]:
+  from cast_jax.data.partworld import PartWholeDataset  # pylint: disable=import-outside-toplevel
+  from cast_jax.data.pipeline import PipelineConfig, make_dataset  # pylint: disable=import-outside-toplevel
+
+  source = PartWholeDataset(4096, image_size=args.image_size)
+  results = []
+  for name, recipe in _pipeline_recipes(_moco_superpixels()).items():
+    data = _SegmentationView(source) if name.startswith('segmentation') else source
+    for workers in (1, 2):
+      config = PipelineConfig(batch_size=args.batch, seed=0, num_workers=workers)
+      it = iter(make_dataset(data, recipe, config))
+      next(it)  # worker start-up and the first batch are not timed
+      start = time.perf_counter()
+      for _ in range(args.pipeline_batches):
+        next(it)
+      seconds = time.perf_counter() - start
+      results.append({'name': 'pipeline', 'recipe': name, 'workers': workers, 'batch': args.batch,
+                      'image_size': args.image_size,
+                      'images_per_s': round(args.batch * args.pipeline_batches / seconds, 1), **_environment()})
+      del it
+  return results
+
+
+def bench_superpixels(args) -> list[dict]:
+  from cast_jax.data.partworld import PartWholeDataset  # pylint: disable=import-outside-toplevel
+
+  images = [PartWholeDataset(64, image_size=args.image_size)[i]['image'] for i in range(64)]
+  results = []
+  for method, fn in (('seeds', _moco_superpixels()), ('slic', _slic_superpixels())):
+    fn(images[0])
+    start = time.perf_counter()
+    for image in images:
+      fn(image)
+    seconds = time.perf_counter() - start
+    results.append({'name': 'superpixels', 'method': method, 'image_size': args.image_size,
+                    'images_per_s': round(len(images) / seconds, 1), 'processes': 1})
+  return results
+
+
+def _forward(args) -> list[dict]:
+  return [bench_forward(args.variant, args.batch, args.image_size, args.superpixels, args.repeats, args.dtype)]
+
+
+BENCHMARKS = {'forward': _forward, 'superpixels': bench_superpixels, 'pipeline': bench_pipeline}
 
 
 def main(argv=None) -> int:
@@ -85,10 +172,11 @@ def main(argv=None) -> int:
   parser.add_argument('--superpixels', type=int, default=196)
   parser.add_argument('--repeats', type=int, default=5)
   parser.add_argument('--dtype', choices=['float32', 'bfloat16'], default='float32')
+  parser.add_argument('--pipeline-batches', type=int, default=4, help='timed batches per pipeline measurement')
   args = parser.parse_args(argv)
-  for name in args.only or sorted(BENCHMARKS):
-    result = BENCHMARKS[name](args.variant, args.batch, args.image_size, args.superpixels, args.repeats, args.dtype)
-    print(json.dumps(result), flush=True)
+  for name in args.only or list(BENCHMARKS):
+    for result in BENCHMARKS[name](args):
+      print(json.dumps(result), flush=True)
   return 0
 
 

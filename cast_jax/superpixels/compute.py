@@ -1,0 +1,41 @@
+"""One entry point for every method: ``compute_superpixels(image, config)`` and its batch form."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from cast_jax.superpixels.config import SuperpixelConfig, preset
+from cast_jax.superpixels.seeds import seeds_superpixels
+from cast_jax.superpixels.slic import slic_superpixels
+
+_METHODS = {'seeds': seeds_superpixels, 'slic': slic_superpixels}
+
+
+def resolve_config(config: SuperpixelConfig | str) -> SuperpixelConfig:
+  """A SuperpixelConfig, given one or a preset name ('moco', 'deit', 'segmentation', 'slic', ...)."""
+  return preset(config) if isinstance(config, str) else config
+
+
+def compute_superpixels(image, config: SuperpixelConfig | str = 'moco',
+                        max_segments: int | None = None) -> np.ndarray:
+  """Superpixels of one image.
+
+  Args:
+    image: uint8 (H, W, 3) RGB; (H, W) gray and (H, W, 4) RGBA are converted, anything else is refused (see
+      ``contract``).
+    config: a SuperpixelConfig or a preset name.
+    max_segments: largest id count allowed (the model's token slots); defaults to the requested count,
+      ``config.segments_for(H, W)``.
+
+  Returns:
+    int32 (H, W) ids, dense from 0, at most ``max_segments`` of them.
+  """
+  config = resolve_config(config)
+  return _METHODS[config.method](image, config, max_segments)
+
+
+def compute_superpixels_batch(images, config: SuperpixelConfig | str = 'moco',
+                              max_segments: int | None = None) -> np.ndarray:
+  """``compute_superpixels`` of each of (B, H, W, 3) uint8 ``images``, stacked to int32 (B, H, W)."""
+  config = resolve_config(config)
+  return np.stack([compute_superpixels(image, config, max_segments) for image in images])

@@ -1,0 +1,53 @@
+"""The MoCo-v3 and linear-probe recipes with real SEEDS superpixels."""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+from PIL import Image
+from skimage import data as skdata
+
+from cast_jax import superpixels
+from cast_jax.data import augment, recipes
+from cast_jax.data.partworld import PartWholeDataset
+from cast_jax.data.pipeline import PipelineConfig, make_dataset
+
+MOCO_SEEDS = functools.partial(superpixels.compute_superpixels, config=superpixels.preset('moco'))
+
+
+def test_moco_recipe_gives_two_different_224px_views_with_ids_0_to_195():
+  recipe = recipes.MoCoTwoViews(MOCO_SEEDS)
+  example = {'image': skdata.astronaut(), 'label': 3}  # 512 x 512 RGB
+  out = recipe(example, np.random.default_rng(0))
+  for view in ('1', '2'):
+    image, ids = out['view' + view], out['superpixels' + view]
+    assert image.shape == (224, 224, 3) and image.dtype == np.float32
+    assert ids.shape == (224, 224) and ids.dtype == np.int32
+    np.testing.assert_array_equal(np.unique(ids), np.arange(196))
+    # Normalized with ImageNet statistics: values span roughly [-2.1, 2.6].
+    assert -2.2 < image.min() < 0 < image.max() < 2.7
+  assert np.abs(out['view1'] - out['view2']).mean() > 0.1, 'the two views must be augmented differently'
+  assert not np.array_equal(out['superpixels1'], out['superpixels2'])
+  # The superpixels belong to each view's own pixels: recomputing them from the de-normalized view agrees.
+  pixels = np.round((out['view1'] * augment.IMAGENET_STD + augment.IMAGENET_MEAN) * 255).astype(np.uint8)
+  np.testing.assert_array_equal(MOCO_SEEDS(pixels), out['superpixels1'])
+
+
+def test_moco_views_are_deterministic_per_seed_through_the_pipeline():
+  source = PartWholeDataset(16, image_size=96)
+  config = PipelineConfig(batch_size=4, seed=7)
+  first = next(iter(make_dataset(source, recipes.MoCoTwoViews(MOCO_SEEDS), config)))
+  again = next(iter(make_dataset(source, recipes.MoCoTwoViews(MOCO_SEEDS), config)))
+  for key in first:
+    np.testing.assert_array_equal(first[key], again[key])
+  assert first['view1'].shape == (4, 224, 224, 3) and first['superpixels2'].shape == (4, 224, 224)
+  assert first['superpixels1'].max() == 195
+
+
+def test_center_crop_eval_resizes_then_crops():
+  recipe = recipes.CenterCropEval(MOCO_SEEDS)
+  out = recipe({'image': skdata.chelsea(), 'label': 1})  # 300 x 451
+  assert out['image'].shape == (224, 224, 3) and out['superpixels'].max() == 195
+  expected = augment.center_crop(augment.resize_shorter(Image.fromarray(skdata.chelsea()), 256), 224)
+  np.testing.assert_allclose(out['image'], augment.normalize(np.asarray(expected)), atol=1e-6)
