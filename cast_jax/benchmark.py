@@ -8,7 +8,8 @@ Measurements (more join as the trainers land):
     compile time, then images per second over ``repeats`` timed calls after one warm-up call.
   superpixels: SEEDS (MoCo preset) and SLIC on 224 px PartWorld images, one process, images per second.
   pipeline: each augmentation recipe with its superpixels over the built-in PartWorld source, batches of 32,
-    with 1 and 2 grain worker processes, images per second after the first batch.
+    with 1 and 2 grain worker processes of one recipe thread each: images per second over
+    ``--pipeline-batches`` batches, timed after worker start-up and after what the workers could buffer.
 
 Weights are random (speed does not depend on them) and superpixels are a regular 14x14 grid of 16 px cells,
 so every one of the 196 token slots is used, as with SEEDS at 224 px.
@@ -126,15 +127,20 @@ def bench_pipeline(args) -> list[dict]:
   for name, recipe in _pipeline_recipes(_moco_superpixels()).items():
     data = _SegmentationView(source) if name.startswith('segmentation') else source
     for workers in (1, 2):
-      config = PipelineConfig(batch_size=args.batch, seed=0, num_workers=workers)
+      config = PipelineConfig(batch_size=args.batch, seed=0, num_workers=workers, prefetch_buffer=1,
+                              read_threads=1, read_buffer=args.batch)
+      # One recipe thread per worker process, so "workers" counts the processes doing the work. Worker
+      # start-up and what the workers may have buffered meanwhile (a batch in the process queue and a batch of
+      # read-ahead elements each) are consumed first; then the timed batches measure the steady rate.
       it = iter(make_dataset(data, recipe, config))
-      next(it)  # worker start-up and the first batch are not timed
+      for _ in range(2 * workers + 1):
+        next(it)
       start = time.perf_counter()
       for _ in range(args.pipeline_batches):
         next(it)
       seconds = time.perf_counter() - start
       results.append({'name': 'pipeline', 'recipe': name, 'workers': workers, 'batch': args.batch,
-                      'image_size': args.image_size,
+                      'batches': args.pipeline_batches, 'image_size': args.image_size,
                       'images_per_s': round(args.batch * args.pipeline_batches / seconds, 1), **_environment()})
       del it
   return results
@@ -172,7 +178,7 @@ def main(argv=None) -> int:
   parser.add_argument('--superpixels', type=int, default=196)
   parser.add_argument('--repeats', type=int, default=5)
   parser.add_argument('--dtype', choices=['float32', 'bfloat16'], default='float32')
-  parser.add_argument('--pipeline-batches', type=int, default=4, help='timed batches per pipeline measurement')
+  parser.add_argument('--pipeline-batches', type=int, default=6, help='batches per pipeline measurement')
   args = parser.parse_args(argv)
   for name in args.only or list(BENCHMARKS):
     for result in BENCHMARKS[name](args):

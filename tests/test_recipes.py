@@ -51,3 +51,14 @@ def test_center_crop_eval_resizes_then_crops():
   assert out['image'].shape == (224, 224, 3) and out['superpixels'].max() == 195
   expected = augment.center_crop(augment.resize_shorter(Image.fromarray(skdata.chelsea()), 256), 224)
   np.testing.assert_allclose(out['image'], augment.normalize(np.asarray(expected)), atol=1e-6)
+
+
+def test_images_smaller_than_the_crop_are_upsampled_not_dropped():
+  tiny = {'image': np.random.default_rng(0).integers(0, 256, (12, 9, 3), dtype=np.uint8), 'label': 0}
+  rng = np.random.default_rng(1)
+  views = recipes.MoCoTwoViews(MOCO_SEEDS)(tiny, rng)
+  probe = recipes.LinearProbeTrain(MOCO_SEEDS)(tiny, rng)
+  evaluation = recipes.CenterCropEval(MOCO_SEEDS)(tiny)
+  for image, ids in ((views['view1'], views['superpixels1']), (probe['image'], probe['superpixels']),
+                     (evaluation['image'], evaluation['superpixels'])):
+    assert image.shape == (224, 224, 3) and ids.max() == 195

@@ -82,6 +82,10 @@ class PipelineConfig:
   num_workers: int = 0
   prefetch_buffer: int = 2
   drop_remainder: bool = True
+  # Threads that run the recipe inside each process (OpenCV and PIL release the GIL) and the elements they
+  # may read ahead; None keeps grain's defaults (16 threads, 500 elements).
+  read_threads: Optional[int] = None
+  read_buffer: Optional[int] = None
 
 
 def make_dataset(source, recipe: Recipe, config: PipelineConfig, process_index: int = 0,
@@ -99,7 +103,12 @@ def make_dataset(source, recipe: Recipe, config: PipelineConfig, process_index: 
                      'use a smaller batch or a larger dataset')
   ds = ds.repeat(config.num_epochs).seed(config.seed).random_map(ApplyRecipe(recipe))
   ds = ds.batch(config.batch_size, drop_remainder=config.drop_remainder)
-  it = ds.to_iter_dataset()
+  read_options = grain.ReadOptions()
+  if config.read_threads is not None:
+    read_options = dataclasses.replace(read_options, num_threads=config.read_threads)
+  if config.read_buffer is not None:
+    read_options = dataclasses.replace(read_options, prefetch_buffer_size=config.read_buffer)
+  it = ds.to_iter_dataset(read_options)
   if config.num_workers > 0:
     _ensure_absl_flags_parsed()
     it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=config.num_workers,
