@@ -7,7 +7,6 @@ upsampling everything to full resolution first.
 
 from __future__ import annotations
 
-import functools
 import math
 
 import jax
@@ -16,28 +15,7 @@ import numpy as np
 import pytest
 
 from cast_jax.models import resize, segments, tokens
-
-# Compile time dominates these small programs on CPU; the options below keep the lowered program and only
-# optimise the machine code less (see test_model_family.py).
-FAST_CPU_COMPILE = {'xla_backend_optimization_level': 0, 'xla_cpu_use_fusion_emitters': False}
-
-
-@functools.lru_cache(maxsize=None)
-def fast_compile_options():
-  """FAST_CPU_COMPILE where this jax/XLA accepts it, else None (plain jit); decided once per process."""
-  if jax.default_backend() != 'cpu':
-    return None
-  try:
-    jax.jit(lambda x: x + 1, compiler_options=FAST_CPU_COMPILE).lower(1.0).compile()
-  except Exception:  # an older jax without per-function options, or an XLA without these flags
-    return None
-  return FAST_CPU_COMPILE
-
-
-def fast_jit(fn, **kwargs):
-  """``jax.jit`` with cheap CPU code generation where available."""
-  options = fast_compile_options()
-  return jax.jit(fn, **kwargs) if options is None else jax.jit(fn, compiler_options=options, **kwargs)
+from conftest import fast_jit
 
 
 resize_jit = fast_jit(resize.resize_2d, static_argnums=(1, 2))

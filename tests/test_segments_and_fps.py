@@ -7,7 +7,6 @@ test; FPS is checked against a numpy transcription of DGL's ``farthest_point_sam
 
 from __future__ import annotations
 
-import functools
 
 import jax
 import jax.numpy as jnp
@@ -18,28 +17,7 @@ import cast_jax.models.cast as cast_module
 from cast_jax.models import ModelSpec, build_model, segments
 from cast_jax.models.fps import farthest_point_sampling
 from cast_jax.models.graph_pool import GraphPooling
-
-# Compiling on CPU with XLA's default code generation dominates the run time of these small programs; the
-# lowered program is the same, only the CPU backend spends less effort optimising machine code.
-FAST_CPU_COMPILE = {'xla_backend_optimization_level': 0, 'xla_cpu_use_fusion_emitters': False}
-
-
-@functools.lru_cache(maxsize=None)
-def fast_compile_options():
-  """FAST_CPU_COMPILE where this jax/XLA accepts it, else None (plain jit); decided once per process."""
-  if jax.default_backend() != 'cpu':
-    return None
-  try:
-    jax.jit(lambda x: x + 1, compiler_options=FAST_CPU_COMPILE).lower(1.0).compile()
-  except Exception:  # an older jax without per-function options, or an XLA without these flags
-    return None
-  return FAST_CPU_COMPILE
-
-
-def fast_jit(fn, **kwargs):
-  """``jax.jit`` with cheap CPU code generation where available."""
-  options = fast_compile_options()
-  return jax.jit(fn, **kwargs) if options is None else jax.jit(fn, compiler_options=options, **kwargs)
+from conftest import fast_jit
 
 
 # --------------------------------------------------------------------------------------------------------------
