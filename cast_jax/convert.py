@@ -269,8 +269,12 @@ def expected_shapes(spec: ModelSpec) -> dict[str, dict[tuple[str, ...], tuple[in
   return {col: {p: tuple(v.shape) for p, v in flatten(tree).items()} for col, tree in shapes.items()}
 
 
-def convert_state(branches, info, spec: ModelSpec) -> Conversion:
-  """Renames, transposes and checks every tensor; raises ConversionError listing all problems at once."""
+def convert_state(branches, info, spec: ModelSpec, require_all: bool = True) -> Conversion:
+  """Renames, transposes and checks every tensor; raises ConversionError listing all problems at once.
+
+  ``require_all=False`` accepts a subset of the keys (e.g. the gradients of the trainable parameters only);
+  unexpected and mis-shaped tensors are still errors.
+  """
   errors: list[str] = []
   ignored: list[str] = []
   flat: dict[str, dict[tuple[str, ...], np.ndarray]] = {c: {} for c in COLLECTIONS}
@@ -301,7 +305,7 @@ def convert_state(branches, info, spec: ModelSpec) -> Conversion:
     if collection.startswith('momentum'):
       want = {p: s for p, s in want.items() if p[0] != 'predictor'}
     have = flat[collection]
-    for path in sorted(set(want) - set(have)):
+    for path in sorted(set(want) - set(have)) if require_all else ():
       errors.append(f'missing {collection}/{"/".join(path)} {want[path]}')
     for path in sorted(set(have) - set(want)):
       errors.append(f'unexpected {collection}/{"/".join(path)} {have[path].shape}')

@@ -1,0 +1,33 @@
+"""The training state: everything a checkpoint must hold to continue a run exactly."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.struct
+import jax
+
+
+@flax.struct.dataclass
+class TrainState:
+  """step: int32 scalar (optimizer steps taken). params / batch_stats: the trained model's variables.
+  opt_state: the optax state. rng: a raw uint32 PRNG key; step ``s`` uses ``fold_in(rng, s)``, so a resumed
+  run draws the same randomness as an uninterrupted one. ema_params / ema_batch_stats: MoCo's momentum
+  encoder (or an EMA of the weights for supervised training); None when unused."""
+
+  step: jax.Array
+  params: Any
+  batch_stats: Any
+  opt_state: Any
+  rng: jax.Array
+  ema_params: Any = None
+  ema_batch_stats: Any = None
+
+  def step_rngs(self, count: int) -> list[jax.Array]:
+    """``count`` independent keys for this step."""
+    return list(jax.random.split(jax.random.fold_in(self.rng, self.step), count))
+
+
+def ema(average, new, decay):
+  """decay * average + (1 - decay) * new, leaf by leaf over ``average``'s structure."""
+  return jax.tree_util.tree_map(lambda a, n: decay * a + (1.0 - decay) * n, average, new)
