@@ -108,3 +108,28 @@ def test_worker_processes_give_the_same_batches():
   local = _labels(make_dataset(source, _first_pixel, PipelineConfig(batch_size=4, seed=2)), 4)
   workers = _labels(make_dataset(source, _first_pixel, PipelineConfig(batch_size=4, seed=2, num_workers=2)), 4)
   assert local == workers
+
+
+def test_processes_read_blocks_of_the_same_global_batches():
+  """Two processes' batches, concatenated, equal the single-process batches (augmentations included)."""
+  from cast_jax.data import partworld, recipes
+  from cast_jax.data.pipeline import PipelineConfig, make_dataset
+
+  source = partworld.PartWholeDataset(24, image_size=64, seed=3)
+  recipe = recipes.LinearProbeTrain(lambda pixels: np.zeros(pixels.shape[:2], np.int32), size=32)
+
+  def batches(per_process, index, count, **kw):
+    config = PipelineConfig(batch_size=per_process, seed=5, num_epochs=1, **kw)
+    return list(make_dataset(source, recipe, config, process_index=index, process_count=count))
+
+  whole = batches(8, 0, 1)
+  parts = [batches(4, i, 2) for i in range(2)]
+  assert len(whole) == len(parts[0]) == len(parts[1]) == 3
+  for k, batch in enumerate(whole):
+    for key in ('image', 'label'):
+      np.testing.assert_array_equal(np.concatenate([parts[0][k][key], parts[1][k][key]]), batch[key])
+  # A partial last global batch (evaluation): 24 = 2 x 10 + 4 -> process 0 gets 4 rows, process 1 none.
+  tail = [batches(5, i, 2, drop_remainder=False, shuffle=False) for i in range(2)]
+  assert [sum(len(b['label']) for b in t) for t in tail] == [14, 10]
+  whole_tail = batches(10, 0, 1, drop_remainder=False, shuffle=False)
+  np.testing.assert_array_equal(np.concatenate([tail[0][-1]['label']]), whole_tail[-1]['label'])

@@ -1,13 +1,16 @@
 """From a random-access source to batches: grain, deterministic per seed, resumable, robust to bad files.
 
-    source --ResilientDecode--> shuffle(seed) --shard by process--> repeat --recipe (RandomMap)--> batch
+    source --ResilientDecode--> shuffle(seed) --> repeat --recipe (RandomMap)--> [shard by process] --> batch
            --to_iter_dataset--> [mp_prefetch(workers)]
 
 * ``ResilientDecode`` turns each record's image into RGB uint8. An unusable record (corrupt or truncated
   file, unsupported array) is replaced by the next usable record in source order, and the element carries
   ``skipped``, the number of records passed over; batching sums it, so the count survives worker processes.
-* Sharding: every process shuffles with the same seed and takes every ``process_count``-th element, so
-  processes see disjoint examples of each epoch.
+* Sharding: every process shuffles with the same seed and reads its contiguous block of each *global*
+  batch (process i: rows i*b..(i+1)*b-1 of global batch k). The augmentation rng is keyed by the global
+  position, so the global batch (the concatenation of the processes' batches, which is how
+  ``jax.make_array_from_process_local_data`` assembles it) is identical for any number of processes, and a
+  run's losses do not depend on how it is spread over hosts. Only a process's own rows are decoded.
 * The iterator's ``get_state()`` / ``set_state()`` (saved with the training checkpoint) resume exactly.
 """
 
@@ -59,6 +62,29 @@ class ResilientDecode(grain.MapDataset):
                        f'First failures: {reasons[:3]}')
 
 
+class ProcessBatchShard(grain.MapDataset):
+  """Process ``index``'s rows of each global batch: row j of this process is global element
+  (j // local) * (local * count) + index * local + j % local, for ``local`` rows per process."""
+
+  def __init__(self, parent: grain.MapDataset, local_batch: int, index: int, count: int):
+    super().__init__(parent)
+    self._local, self._index, self._count = local_batch, index, count
+
+  def __len__(self) -> int:
+    size, global_batch = len(self._parent), self._local * self._count
+    last = size % global_batch  # a partial last global batch (evaluation, drop_remainder=False)
+    return size // global_batch * self._local + min(max(last - self._index * self._local, 0), self._local)
+
+  def __str__(self) -> str:
+    return f'ProcessBatchShard(index={self._index}, count={self._count})'
+
+  def __getitem__(self, index):
+    if isinstance(index, slice):
+      return self.slice(index)
+    block, row = divmod(index, self._local)
+    return self._parent[block * self._local * self._count + self._index * self._local + row]
+
+
 class ApplyRecipe(grain.transforms.RandomMap):
   """Runs a recipe with grain's per-element rng (deterministic for a given seed and position)."""
 
@@ -96,12 +122,13 @@ def make_dataset(source, recipe: Recipe, config: PipelineConfig, process_index: 
   ds = ResilientDecode(grain.MapDataset.source(source))
   if config.shuffle:
     ds = ds.shuffle(seed=config.seed)
-  if process_count > 1:
-    ds = ds[process_index::process_count]
-  if len(ds) < config.batch_size and config.drop_remainder:
-    raise ValueError(f'{len(ds)} examples per process cannot fill one batch of {config.batch_size}; '
-                     'use a smaller batch or a larger dataset')
+  global_batch = config.batch_size * process_count
+  if len(ds) < global_batch and config.drop_remainder:
+    raise ValueError(f'{len(ds)} examples cannot fill one global batch of {global_batch} ({config.batch_size} '
+                     f'per process x {process_count}); use a smaller batch or a larger dataset')
   ds = ds.repeat(config.num_epochs).seed(config.seed).random_map(ApplyRecipe(recipe))
+  if process_count > 1:
+    ds = ProcessBatchShard(ds, config.batch_size, process_index, process_count)
   ds = ds.batch(config.batch_size, drop_remainder=config.drop_remainder)
   read_options = grain.ReadOptions()
   if config.read_threads is not None:

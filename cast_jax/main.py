@@ -1,0 +1,38 @@
+"""Trains a model from a config file: ``python -m cast_jax.main --config=configs/demo.py --workdir=DIR``.
+
+Append ``:test`` to any config for a tiny run; override fields with ``--config.batch_size=64`` etc. A workdir
+that holds a checkpoint is resumed. On several hosts, start one process per host with the usual
+``jax.distributed`` environment (or --coordinator_address/--num_processes/--process_id).
+"""
+
+from __future__ import annotations
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+config_flags.DEFINE_config_file('config', None, 'Path to a config file (configs/*.py[:test]).', lock_config=True)
+flags.DEFINE_string('workdir', None, 'Where checkpoints, metrics and pictures go.')
+flags.DEFINE_string('coordinator_address', None, 'host:port of process 0, for multi-process runs.')
+flags.DEFINE_integer('num_processes', None, 'Number of processes of a multi-process run.')
+flags.DEFINE_integer('process_id', None, 'This process index in a multi-process run.')
+flags.DEFINE_string('log_level', 'warning', 'absl logging level of the libraries (orbax logs every save at info).')
+flags.mark_flags_as_required(['config', 'workdir'])
+FLAGS = flags.FLAGS
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  logging.set_verbosity(FLAGS.log_level)
+  import jax  # pylint: disable=import-outside-toplevel
+
+  if FLAGS.num_processes and FLAGS.num_processes > 1:
+    jax.distributed.initialize(coordinator_address=FLAGS.coordinator_address, num_processes=FLAGS.num_processes,
+                               process_id=FLAGS.process_id)
+  from cast_jax.train.loop import train_and_evaluate  # pylint: disable=import-outside-toplevel
+
+  train_and_evaluate(FLAGS.config, FLAGS.workdir)
+
+
+if __name__ == '__main__':
+  app.run(main)

@@ -1,0 +1,83 @@
+"""Shared config defaults and the ``:test`` shrink, used by the files in ``configs/``.
+
+A config file defines ``get_config(arg=None)``; ``arg == 'test'`` (``--config=configs/X.py:test``) turns any
+recipe into a few steps on tiny images that run on one CPU in about a minute.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+
+def moco_defaults() -> ml_collections.ConfigDict:
+  """MoCo-v3 as the original runs it for CAST on ImageNet-1K (spec_moco.md §2, §3)."""
+  c = ml_collections.ConfigDict()
+  c.trainer = 'moco'
+  c.seed = 0
+  c.model = ml_collections.ConfigDict(dict(
+      kind='cast', variant='small', image_size=224, moco=True, moco_dim=256, moco_mlp_dim=4096,
+      embed_dim=ml_collections.FieldReference(None, field_type=int),
+      depth=ml_collections.FieldReference(None, field_type=tuple),
+      num_heads=ml_collections.FieldReference(None, field_type=int),
+      num_clusters=ml_collections.FieldReference(None, field_type=tuple),
+      max_segments=ml_collections.FieldReference(None, field_type=int),
+      drop_path_rate=0.0, pool_dropout=0.1, fusion_dropout=0.2))
+  c.compute_dtype = 'float32'  # or 'bfloat16': parameters stay float32
+  c.data = ml_collections.ConfigDict(dict(
+      name='imagenet2012', data_dir='', path='', train_split='train', eval_split='validation',
+      image_size=224, crop_scale=(0.08, 1.0), eval_resize_ratio=256 / 224, superpixels='moco',
+      superpixel_overrides={}, num_workers=8, read_threads=ml_collections.FieldReference(None, field_type=int),
+      # Only for the built-in 'partworld' dataset:
+      num_train_examples=0, num_eval_examples=0, source_image_size=224, seed=0))
+  c.batch_size = 256  # global, over all devices and processes
+  c.num_epochs = 100
+  c.warmup_epochs = 10
+  c.base_lr = 1.5e-4  # the learning rate is base_lr * batch_size / 256
+  c.weight_decay = 0.1
+  c.temperature = 0.2
+  c.momentum = 0.99  # to 1 on a cosine
+  c.steps_per_epoch = -1  # -1: len(train split) // batch_size
+  c.total_steps = -1  # -1: num_epochs * steps_per_epoch
+  c.log_every_steps = 50
+  c.checkpoint_every_steps = 1000
+  c.keep_checkpoints = 3
+  c.eval_every_steps = 5000  # kNN and pictures; also at the end
+  c.knn = ml_collections.ConfigDict(dict(enabled=True, train_split='train', num_train=50000, num_test=10000,
+                                         k=20, temperature=0.07, batch_size=256, num_classes=1000))
+  c.pictures = ml_collections.ConfigDict(dict(num_images=4))
+  c.mesh = ml_collections.ConfigDict(dict(fsdp=1))
+  c.init_checkpoint = ''  # a converted .npz to start from
+  c.compilation_cache_dir = ''
+  c.fast_compile = False  # cheaper XLA CPU code generation (tests)
+  return c
+
+
+def shrink_for_test(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """A few steps of a tiny model on tiny built-in images: checks the whole path on one CPU."""
+  c.model.update(variant='small', image_size=64, embed_dim=24, depth=(1, 1, 1, 1), num_heads=2,
+                 num_clusters=(16, 8, 4, 2), max_segments=64, moco_dim=16, moco_mlp_dim=32)
+  c.data.update(name='partworld', image_size=64, source_image_size=64, num_train_examples=64,
+                num_eval_examples=16, num_workers=0, read_threads=2, superpixels='moco',
+                superpixel_overrides={'num_segments': 36, 'iterations': 4})
+  c.batch_size = 8
+  c.num_epochs = 1
+  c.warmup_epochs = 0
+  c.steps_per_epoch = 6
+  c.total_steps = 6
+  c.log_every_steps = 1
+  c.checkpoint_every_steps = 2
+  c.keep_checkpoints = 2
+  c.eval_every_steps = 6
+  c.knn.update(num_train=32, num_test=16, batch_size=8, num_classes=8, train_split='train')
+  c.pictures.num_images = 2
+  c.fast_compile = True
+  return c
+
+
+def finalize(c: ml_collections.ConfigDict, arg) -> ml_collections.ConfigDict:
+  """Applies ``:test``; any other argument is an error (say what is accepted)."""
+  if arg in (None, ''):
+    return c
+  if arg == 'test':
+    return shrink_for_test(c)
+  raise ValueError(f'unknown config argument {arg!r}; the only one is ":test"')

@@ -1,0 +1,111 @@
+"""From a config's ``data`` block to sources, recipes and batch iterators for the trainers.
+
+``data.name`` picks the source: 'partworld' (built in, generated), 'folder' (ImageNet layout at
+``data.path``), 'flat_folder' (unlabeled images, e.g. COCO), or any other name as a TFDS dataset read
+from ``data.data_dir``. Evaluation batches are padded to a fixed size with a ``mask`` so shapes stay static.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Iterator
+
+import numpy as np
+
+from cast_jax.data import partworld, recipes, sources
+from cast_jax.data.pipeline import PipelineConfig, make_dataset
+from cast_jax.superpixels import compute_superpixels, preset
+
+
+def make_source(data, split: str):
+  """The random-access source of ``split`` ('train' or the eval split name)."""
+  if data.name == 'partworld':
+    count = data.num_train_examples if split == 'train' else data.num_eval_examples
+    return partworld.PartWholeDataset(count, image_size=data.source_image_size, seed=data.seed, split=split)
+  if data.name == 'folder':
+    return sources.ImageFolderSource(f'{data.path}/{split}')
+  if data.name == 'flat_folder':
+    return sources.FlatFolderSource(f'{data.path}/{split}')
+  return sources.TfdsSource(data.name, split, data_dir=data.get('data_dir') or None)
+
+
+def _no_superpixels(pixels: np.ndarray) -> np.ndarray:
+  """For the ViT baseline, which never reads them: one segment, no SEEDS cost."""
+  return np.zeros(pixels.shape[:2], np.int32)
+
+
+def superpixel_fn(data, uses_superpixels: bool = True):
+  """A picklable (H, W, 3) uint8 -> (H, W) int32 function for the recipes."""
+  if not uses_superpixels:
+    return _no_superpixels
+  overrides = dict(data.get('superpixel_overrides', {}) or {})
+  return functools.partial(compute_superpixels, config=preset(data.superpixels, **overrides))
+
+
+def moco_train_iterator(data, batch_size: int, seed: int, process_index: int, process_count: int,
+                        uses_superpixels: bool = True):
+  """An infinite, resumable iterator of MoCo two-view batches (``batch_size`` per process)."""
+  view1 = recipes.ViewAugmentation(size=data.image_size, crop_scale=tuple(data.crop_scale), blur_prob=1.0,
+                                   solarize_prob=0.0)
+  view2 = recipes.ViewAugmentation(size=data.image_size, crop_scale=tuple(data.crop_scale), blur_prob=0.1,
+                                   solarize_prob=0.2)
+  recipe = recipes.MoCoTwoViews(superpixel_fn(data, uses_superpixels), view1=view1, view2=view2)
+  config = PipelineConfig(batch_size=batch_size, seed=seed, num_workers=data.num_workers,
+                          read_threads=data.get('read_threads'))
+  return iter(make_dataset(make_source(data, 'train'), recipe, config, process_index, process_count))
+
+
+def eval_batches(data, split: str, batch_size: int, num_examples: int, process_index: int = 0,
+                 process_count: int = 1, uses_superpixels: bool = True) -> Iterator[dict[str, Any]]:
+  """Centre-crop evaluation batches of the first ``num_examples`` of ``split`` (all when <= 0), each
+  padded to ``batch_size`` rows with a boolean ``mask`` (False on padding)."""
+  source = make_source(data, split)
+  count = len(source) if num_examples <= 0 else min(num_examples, len(source))
+  source = _Head(source, count)
+  resize = int(round(data.image_size * data.eval_resize_ratio))
+  recipe = recipes.CenterCropEval(superpixel_fn(data, uses_superpixels), size=data.image_size, resize=resize)
+  config = PipelineConfig(batch_size=batch_size, shuffle=False, num_epochs=1, drop_remainder=False,
+                          num_workers=0, read_threads=data.get('read_threads'))
+  # Every process must run the same number of steps (the forward is one global computation), so a process
+  # whose shard ends early repeats its last batch fully masked.
+  global_batch = batch_size * process_count  # process 0 holds the most rows (ProcessBatchShard)
+  rows_of_first = count // global_batch * batch_size + min(count % global_batch, batch_size)
+  expected = -(-rows_of_first // batch_size)
+  produced, last = 0, None
+  for batch in make_dataset(source, recipe, config, process_index, process_count):
+    last = pad_batch(batch, batch_size)
+    produced += 1
+    yield last
+  while produced < expected and last is not None:
+    produced += 1
+    yield dict(last, mask=np.zeros(batch_size, bool))
+
+
+def pad_batch(batch: dict[str, Any], batch_size: int) -> dict[str, Any]:
+  """Pads every array to ``batch_size`` rows (repeating row 0) and adds ``mask``."""
+  rows = len(batch['label'])
+  out = {}
+  for key, value in batch.items():
+    value = np.asarray(value)
+    if value.ndim == 0:
+      continue
+    if rows < batch_size:
+      value = np.concatenate([value, np.repeat(value[:1], batch_size - rows, axis=0)])
+    out[key] = value
+  out['mask'] = np.arange(batch_size) < rows
+  return out
+
+
+class _Head:
+  """The first ``count`` records of a source."""
+
+  def __init__(self, source, count: int):
+    self._source, self._count = source, count
+
+  def __len__(self) -> int:
+    return self._count
+
+  def __getitem__(self, index):
+    if not 0 <= index < self._count:
+      raise IndexError(index)
+    return self._source[index]

@@ -1,0 +1,176 @@
+"""``train_and_evaluate(config, workdir)``: the whole training job, called by ``cast_jax.main`` and notebooks.
+
+One jitted step over a device mesh; the state (parameters, optimizer, momentum encoder, step, RNG) and the
+data iterator's position are checkpointed together, so a restarted job continues exactly where the last
+checkpoint left it. Process 0 writes metrics (metrics.jsonl, TensorBoard), pictures and the config.
+"""
+
+from __future__ import annotations
+
+import math
+import pathlib
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from cast_jax.convert import load_converted
+from cast_jax.data.pipeline import summarize_skips
+from cast_jax.models.variants import ModelSpec, build_model
+from cast_jax.train import checkpoint, evaluation, inputs, optim, schedules, sharding
+from cast_jax.train.metric_writer import MetricWriter, format_progress
+from cast_jax.train.moco import MoCoObjective
+
+# Compiling with these options is several times faster on CPU (the program is the same, its machine code
+# less optimised); the tests and the :test configs use them.
+FAST_CPU_COMPILE = {'xla_backend_optimization_level': 0, 'xla_cpu_use_fusion_emitters': False}
+
+
+class NonFiniteLossError(FloatingPointError):
+  """The loss became NaN or Inf; the run stopped without saving the bad state."""
+
+
+def model_spec(config) -> ModelSpec:
+  fields = {k: v for k, v in config.model.to_dict().items() if v is not None}
+  return ModelSpec(**fields)
+
+
+def _jit(fn, config, **kwargs):
+  if config.fast_compile and jax.default_backend() == 'cpu':
+    return jax.jit(fn, compiler_options=FAST_CPU_COMPILE, **kwargs)
+  return jax.jit(fn, **kwargs)
+
+
+def initial_variables(config, spec: ModelSpec, model) -> dict[str, Any]:
+  """From ``config.init_checkpoint`` (a converted .npz) or a fresh initialisation (seeded)."""
+  if config.init_checkpoint:
+    loaded_spec, variables = load_converted(config.init_checkpoint)
+    if (loaded_spec.kind, loaded_spec.moco) != (spec.kind, spec.moco):
+      raise ValueError(f'{config.init_checkpoint} holds a {loaded_spec.kind} (moco={loaded_spec.moco}) model; '
+                       f'the config trains {spec.kind} (moco={spec.moco}). Set config.model to match.')
+    return variables
+  size = spec.image_size
+  images = jnp.zeros((2, size, size, 3), jnp.float32)
+  superpixels = jnp.broadcast_to(jnp.arange(size * size, dtype=jnp.int32).reshape(size, size) % 8,
+                                 (2, size, size))
+  init = _jit(lambda rng: model.init({'params': rng, 'dropout': rng}, images, superpixels), config)
+  return jax.device_get(init(jax.random.PRNGKey(config.seed)))
+
+
+def _schedule_lengths(config, train_size: int) -> tuple[int, int, int]:
+  steps_per_epoch = config.steps_per_epoch if config.steps_per_epoch > 0 else train_size // config.batch_size
+  if steps_per_epoch <= 0:
+    raise ValueError(f'{train_size} training examples cannot fill one batch of {config.batch_size}')
+  total = config.total_steps if config.total_steps > 0 else config.num_epochs * steps_per_epoch
+  warmup = min(int(round(config.warmup_epochs * steps_per_epoch)), total)
+  return steps_per_epoch, total, warmup
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict[str, Any]:
+  """Trains (resuming from ``workdir`` when it holds a checkpoint); returns the last metrics."""
+  workdir = pathlib.Path(workdir)
+  workdir.mkdir(parents=True, exist_ok=True)
+  if config.compilation_cache_dir:
+    jax.config.update('jax_compilation_cache_dir', str(config.compilation_cache_dir))
+    jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.0)
+  is_main = jax.process_index() == 0
+  writer = MetricWriter(workdir, enabled=is_main)
+  writer.write_config(config.to_dict())
+
+  mesh = sharding.make_mesh(config.mesh.fsdp)
+  sharding.check_batch_divides(config.batch_size, mesh)
+  spec = model_spec(config)
+  uses_superpixels = spec.kind != 'vit_conv'
+  dtype = {'float32': None, 'bfloat16': jnp.bfloat16}[config.compute_dtype]
+  model = build_model(spec, dtype)
+
+  train_size = len(inputs.make_source(config.data, 'train'))
+  steps_per_epoch, total_steps, warmup_steps = _schedule_lengths(config, train_size)
+  lr = config.base_lr * config.batch_size / 256
+  lr_fn = schedules.warmup_cosine(lr, warmup_steps, total_steps)
+  momentum_fn = schedules.momentum_cosine(config.momentum, total_steps)
+
+  variables = initial_variables(config, spec, model)
+  labels = optim.trainable_labels(spec, variables['params'])
+  optimizer = optim.adamw(lr_fn, labels, weight_decay=config.weight_decay, decay_mask=optim.decay_all)
+  objective = MoCoObjective(model=model, optimizer=optimizer, momentum_fn=momentum_fn,
+                            temperature=config.temperature, learning_rate_fn=lr_fn)
+
+  # The state is built on the devices with its final layout (FSDP-split where configured).
+  rng = jax.random.PRNGKey(config.seed)
+  abstract = jax.eval_shape(objective.init_state, variables, rng)
+  state_sharding = sharding.state_shardings(mesh, abstract)
+  replicated = sharding.replicated(mesh)
+  host_inputs = sharding.put_global((variables, rng), jax.tree_util.tree_map(lambda _: replicated, (variables, rng)))
+  state = _jit(objective.init_state, config, out_shardings=state_sharding)(*host_inputs)
+  del host_inputs
+
+  checkpointer = checkpoint.Checkpointer(workdir, keep=config.keep_checkpoints)
+  start_step, data_state = 0, None
+  if checkpointer.latest_step() is not None:
+    start_step = checkpointer.latest_step()
+    state, data_state = checkpointer.restore(start_step, checkpoint.abstract_with_shardings(abstract, state_sharding))
+    print(f'resumed from {checkpointer.directory}/{start_step}', flush=True)
+
+  local_batch = config.batch_size // jax.process_count()
+  iterator = inputs.moco_train_iterator(config.data, local_batch, config.seed, jax.process_index(),
+                                        jax.process_count(), uses_superpixels)
+  if data_state:
+    iterator.set_state(data_state)
+
+  train_step = _jit(objective.train_step, config, in_shardings=(state_sharding, sharding.batch_sharding(mesh)),
+                    out_shardings=(state_sharding, replicated), donate_argnums=(0,))
+  evaluator = evaluation.Evaluator(config, model, mesh, uses_superpixels)
+
+  if is_main:
+    trainable = optim.count_trainable(variables['params'], labels)
+    print(f'{spec.kind} {spec.variant}: {trainable / 1e6:.2f}M trainable parameters; {total_steps} steps '
+          f'({steps_per_epoch}/epoch), global batch {config.batch_size} on {mesh.devices.size} device(s) '
+          f'{dict(mesh.shape)}', flush=True)
+  del variables
+
+  last = {}
+  last_saved = start_step if start_step else None
+  timer_start, timer_steps, run_start = time.time(), 0, time.time()
+  for step in range(start_step, total_steps):
+    local = next(iterator)
+    skipped = summarize_skips(local)
+    device_batch = sharding.global_batch({k: local[k] for k in ('view1', 'view2', 'superpixels1', 'superpixels2')},
+                                         mesh)
+    state, metrics = train_step(state, device_batch)
+    metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+    if not math.isfinite(metrics['loss']):
+      checkpointer.wait()
+      writer.close()
+      raise NonFiniteLossError(
+          f'the loss became {metrics["loss"]} at step {step + 1}; stopped without saving this state. The last '
+          f'good checkpoint is step {last_saved} in {checkpointer.directory} (restarting resumes from it). '
+          'Try a lower base_lr, more warmup, or compute_dtype="float32".')
+    timer_steps += 1
+    done = step + 1
+    if done % config.log_every_steps == 0 or done == total_steps:
+      elapsed = time.time() - timer_start
+      images_per_second = timer_steps * config.batch_size / max(elapsed, 1e-9)
+      last = dict(metrics, images_per_second=images_per_second, skipped_records=skipped,
+                  epoch=done / steps_per_epoch)
+      writer.write_scalars(done, last)
+      if is_main:
+        print(format_progress(done, total_steps, metrics, images_per_second, time.time() - run_start), flush=True)
+      timer_start, timer_steps = time.time(), 0
+    if done % config.checkpoint_every_steps == 0 or done == total_steps:
+      checkpointer.save(done, state, iterator.get_state())
+      last_saved = done
+    if done % config.eval_every_steps == 0 or done == total_steps:
+      scalars, images = evaluator(evaluation.eval_variables(state))
+      writer.write_scalars(done, scalars)
+      writer.write_images(done, images)
+      last.update(scalars)
+      if is_main and scalars:
+        print(f'step {done}: ' + '  '.join(f'{k} {v:.2f}' for k, v in scalars.items()), flush=True)
+      timer_start, timer_steps = time.time(), 0
+  checkpointer.close()
+  writer.close()
+  return last
