@@ -6,6 +6,9 @@
 Measurements (more join as the trainers land):
   forward: the eval forward pass of a CAST model (default cast_small, 224 px, 196 superpixels, batch 32):
     compile time, then images per second over ``repeats`` timed calls after one warm-up call.
+  train_step: one MoCo-v3 step of cast_small with projector and predictor (two views, base and momentum
+    branches, AdamW), batch 32 at 224 px: compile time, images per second (pairs of views) after one
+    warm-up step, and peak memory (device peak where the backend reports it, else the process's peak RSS).
   superpixels: SEEDS (MoCo preset) and SLIC on 224 px PartWorld images, one process, images per second.
   pipeline: each augmentation recipe with its superpixels over the built-in PartWorld source, batches of 32,
     with 1 and 2 grain worker processes of one recipe thread each: images per second over
@@ -76,6 +79,56 @@ def bench_forward(variant: str, batch: int, image_size: int, num_superpixels: in
   return {'name': 'forward', 'model': f'cast_{variant}', 'dtype': dtype, 'batch': batch, 'image_size': image_size,
           'superpixels': num_superpixels, 'compile_s': round(compile_s, 2), 'step_s': round(step_s, 4),
           'images_per_s': round(batch / step_s, 2), 'repeats': repeats, **_environment()}
+
+
+def _peak_memory_mb() -> dict:
+  stats = {}
+  try:
+    device_stats = jax.devices()[0].memory_stats() or {}
+  except Exception:  # backends without memory statistics
+    device_stats = {}
+  if 'peak_bytes_in_use' in device_stats:
+    stats['device_peak_mb'] = round(device_stats['peak_bytes_in_use'] / 2**20, 1)
+  import resource  # pylint: disable=import-outside-toplevel
+
+  stats['process_peak_rss_mb'] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+  return stats
+
+
+def bench_train_step(variant: str, batch: int, image_size: int, num_superpixels: int, repeats: int,
+                     dtype: str) -> dict:
+  from cast_jax.train import optim, schedules  # pylint: disable=import-outside-toplevel
+  from cast_jax.train.moco import MoCoObjective  # pylint: disable=import-outside-toplevel
+
+  side = int(round(num_superpixels ** 0.5))
+  spec = ModelSpec(kind='cast', variant=variant, image_size=image_size, max_segments=num_superpixels, moco=True)
+  model = build_model(spec, dtype={'float32': None, 'bfloat16': jnp.bfloat16}[dtype])
+  rng = np.random.default_rng(0)
+  superpixels = jnp.asarray(grid_superpixels(batch, image_size, side))
+  views = {f'view{i}': jnp.asarray(rng.normal(size=(batch, image_size, image_size, 3)), jnp.float32) for i in (1, 2)}
+  batch_arrays = dict(views, superpixels1=superpixels, superpixels2=superpixels)
+  variables = jax.jit(model.init)(jax.random.PRNGKey(0), views['view1'][:2], superpixels[:2])
+  labels = optim.trainable_labels(spec, variables['params'])
+  lr_fn = schedules.warmup_cosine(1.5e-4, 10, 1000)
+  objective = MoCoObjective(model=model, optimizer=optim.adamw(lr_fn, labels, 0.1, optim.decay_all),
+                            momentum_fn=schedules.momentum_cosine(0.99, 1000), learning_rate_fn=lr_fn)
+  state = jax.jit(objective.init_state)(variables, jax.random.PRNGKey(1))
+  del variables
+  step = jax.jit(objective.train_step, donate_argnums=(0,))
+  start = time.perf_counter()
+  compiled = step.lower(state, batch_arrays).compile()
+  compile_s = time.perf_counter() - start
+  state, metrics = compiled(state, batch_arrays)  # warm-up
+  jax.block_until_ready(metrics)
+  start = time.perf_counter()
+  for _ in range(repeats):
+    state, metrics = compiled(state, batch_arrays)
+  jax.block_until_ready((state, metrics))
+  step_s = (time.perf_counter() - start) / repeats
+  return {'name': 'train_step', 'model': f'moco_cast_{variant}', 'dtype': dtype, 'batch': batch,
+          'image_size': image_size, 'superpixels': num_superpixels, 'compile_s': round(compile_s, 2),
+          'step_s': round(step_s, 3), 'images_per_s': round(batch / step_s, 2), 'repeats': repeats,
+          **_peak_memory_mb(), **_environment()}
 
 
 def _moco_superpixels():
@@ -166,7 +219,12 @@ def _forward(args) -> list[dict]:
   return [bench_forward(args.variant, args.batch, args.image_size, args.superpixels, args.repeats, args.dtype)]
 
 
-BENCHMARKS = {'forward': _forward, 'superpixels': bench_superpixels, 'pipeline': bench_pipeline}
+def _train_step(args) -> list[dict]:
+  return [bench_train_step(args.variant, args.batch, args.image_size, args.superpixels, args.repeats, args.dtype)]
+
+
+BENCHMARKS = {'forward': _forward, 'train_step': _train_step, 'superpixels': bench_superpixels,
+              'pipeline': bench_pipeline}
 
 
 def main(argv=None) -> int:

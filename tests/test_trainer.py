@@ -145,3 +145,21 @@ def test_two_processes_on_localhost_give_the_same_losses(reference, tmp_path, ca
   assert sorted(found) == sorted(expected)
   np.testing.assert_allclose([found[s] for s in sorted(expected)], [expected[s] for s in sorted(expected)],
                              rtol=2e-4)
+
+
+def test_non_finite_loss_stops_the_run_and_keeps_the_last_checkpoint(reference, tmp_path, cache):
+  import shutil
+
+  source, _ = reference
+  workdir = tmp_path / 'nan'
+  shutil.copytree(source, workdir)
+  # Resume the finished 6-step run for 2 more steps with T=0: logits / 0 give a NaN loss at step 7.
+  proc = subprocess.run(_command(workdir, cache, '--config.total_steps=8', '--config.temperature=0.0'),
+                        cwd=REPO_ROOT, env=_env(), capture_output=True, text=True, timeout=400)
+  assert proc.returncode != 0
+  assert 'NonFiniteLossError' in proc.stderr and 'at step 7' in proc.stderr, proc.stderr[-3000:]
+  assert 'last good checkpoint is step 6' in proc.stderr
+  steps = sorted(p.name for p in (workdir / 'checkpoints').iterdir() if p.name.isdigit())
+  assert steps == ['4', '6'], steps
+  # The kept checkpoint still resumes: finishing the original 6 steps is a no-op that exits cleanly.
+  run_main(workdir, cache)

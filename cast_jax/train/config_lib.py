@@ -56,7 +56,8 @@ def shrink_for_test(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """A few steps of a tiny model on tiny built-in images: checks the whole path on one CPU."""
   c.model.update(variant='small', image_size=64, embed_dim=24, depth=(1, 1, 1, 1), num_heads=2,
                  num_clusters=(16, 8, 4, 2), max_segments=64, moco_dim=16, moco_mlp_dim=32)
-  c.data.update(name='partworld', image_size=64, source_image_size=64, num_train_examples=64,
+  c.data.update(name='partworld', train_split='train', eval_split='validation', image_size=64,
+                source_image_size=64, num_train_examples=64,
                 num_eval_examples=16, num_workers=0, read_threads=2, superpixels='moco',
                 superpixel_overrides={'num_segments': 36, 'iterations': 4})
   c.batch_size = 8

@@ -18,7 +18,7 @@ from cast_jax.superpixels import compute_superpixels, preset
 
 
 def make_source(data, split: str):
-  """The random-access source of ``split`` ('train' or the eval split name)."""
+  """The random-access source of ``split`` (a split name of the dataset, e.g. data.train_split)."""
   if data.name == 'partworld':
     count = data.num_train_examples if split == 'train' else data.num_eval_examples
     return partworld.PartWholeDataset(count, image_size=data.source_image_size, seed=data.seed, split=split)
@@ -52,7 +52,7 @@ def moco_train_iterator(data, batch_size: int, seed: int, process_index: int, pr
   recipe = recipes.MoCoTwoViews(superpixel_fn(data, uses_superpixels), view1=view1, view2=view2)
   config = PipelineConfig(batch_size=batch_size, seed=seed, num_workers=data.num_workers,
                           read_threads=data.get('read_threads'))
-  return iter(make_dataset(make_source(data, 'train'), recipe, config, process_index, process_count))
+  return iter(make_dataset(make_source(data, data.train_split), recipe, config, process_index, process_count))
 
 
 def eval_batches(data, split: str, batch_size: int, num_examples: int, process_index: int = 0,

@@ -15,7 +15,6 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
 
 from cast_jax.convert import load_converted
 from cast_jax.data.pipeline import summarize_skips
@@ -87,7 +86,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict[str, 
   dtype = {'float32': None, 'bfloat16': jnp.bfloat16}[config.compute_dtype]
   model = build_model(spec, dtype)
 
-  train_size = len(inputs.make_source(config.data, 'train'))
+  train_size = len(inputs.make_source(config.data, config.data.train_split))
   steps_per_epoch, total_steps, warmup_steps = _schedule_lengths(config, train_size)
   lr = config.base_lr * config.batch_size / 256
   lr_fn = schedules.warmup_cosine(lr, warmup_steps, total_steps)
