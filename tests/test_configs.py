@@ -25,7 +25,7 @@ def load(name):
 
 def test_every_recipe_of_the_issue_has_a_config():
   assert {'moco_cast_s', 'moco_cast_sd', 'moco_cast_b', 'moco_vit_s', 'moco_vit_b', 'moco_cast_s_in100',
-          'moco_cast_seg_s_coco', 'demo'} <= set(CONFIGS)
+          'moco_cast_seg_s_coco', 'demo', 'deit_cast_s', 'deit_cast_b', 'lincls_cast_s'} <= set(CONFIGS)
 
 
 @pytest.mark.parametrize('name', CONFIGS)
@@ -35,10 +35,17 @@ def test_config_builds(name):
   full = module.get_config()
   spec = model_spec(full)
   assert full.batch_size % 8 == 0 and full.num_epochs > full.warmup_epochs >= 0
+  if name.startswith('lincls_') and not name.endswith('demo'):
+    assert full.base_lr in (30.0, 0.8)
   if name.startswith('moco_') and name != 'moco_cast_s_in100' and 'coco' not in name:
     assert (full.num_epochs, full.warmup_epochs, full.base_lr, full.weight_decay) == (100, 10, 1.5e-4, 0.1)
     assert (full.batch_size, full.temperature, full.momentum) == (256, 0.2, 0.99)
-  assert spec.moco
+  assert spec.moco == (full.trainer == 'moco')
+  if full.trainer == 'supervised':
+    assert (full.base_lr, full.weight_decay, full.label_smoothing, full.warmup_epochs) == (5e-4, 0.05, 0.1, 5) \
+        or name.endswith('demo')
+  if full.trainer == 'linear_probe':
+    assert full.weight_decay == 0.0 and full.num_epochs == 90 or name.endswith('demo')
   tiny = module.get_config('test')
   tiny_spec = model_spec(tiny)
   assert tiny_spec.kind == spec.kind

@@ -163,3 +163,52 @@ def test_non_finite_loss_stops_the_run_and_keeps_the_last_checkpoint(reference, 
   assert steps == ['4', '6'], steps
   # The kept checkpoint still resumes: finishing the original 6 steps is a no-op that exits cleanly.
   run_main(workdir, cache)
+
+
+def _records(workdir):
+  return [json.loads(l) for l in (pathlib.Path(workdir) / 'metrics.jsonl').read_text().splitlines()]
+
+
+def test_supervised_trainer_through_the_same_main(tmp_path, cache):
+  """configs/deit_cast_s.py:test: DeiT recipe (RandAugment, erasing, mixup/cutmix, repeated augmentation),
+  top-1 of the weights and of their EMA at the end."""
+  workdir = tmp_path / 'deit'
+  proc = subprocess.run([sys.executable, '-m', 'cast_jax.main', '--config=configs/deit_cast_s.py:test',
+                         f'--workdir={workdir}', f'--config.compilation_cache_dir={cache}'], cwd=REPO_ROOT,
+                        env=_env(), capture_output=True, text=True, timeout=400)
+  assert proc.returncode == 0, proc.stderr[-4000:]
+  records = _records(workdir)
+  losses_ = [r['loss'] for r in records if 'loss' in r]
+  assert len(losses_) == 6 and all(np.isfinite(losses_))
+  final = [r for r in records if 'top1' in r][-1]
+  assert final['step'] == 6 and 0 <= final['top1'] <= 100 and 'ema_top1' in final and 'top5' in final
+
+
+def test_linear_probe_from_a_moco_workdir_and_the_evaluate_command(reference, tmp_path, cache):
+  source, _ = reference
+  workdir = tmp_path / 'probe'
+  proc = subprocess.run([sys.executable, '-m', 'cast_jax.main', '--config=configs/lincls_cast_s.py:test',
+                         f'--workdir={workdir}', f'--config.init_checkpoint={source}', '--config.base_lr=0.1',
+                         f'--config.compilation_cache_dir={cache}'], cwd=REPO_ROOT, env=_env(),
+                        capture_output=True, text=True, timeout=400)
+  assert proc.returncode == 0, proc.stderr[-4000:]
+  assert 'kept fresh: [\'params/head/bias\', \'params/head/kernel\']' in proc.stdout
+  final = [r for r in _records(workdir) if 'top1' in r][-1]
+  assert 0 <= final['top1'] <= 100 and final['best_top1'] >= final['top1']
+  # The backbone stayed frozen: the probe's encoder weights equal the MoCo run's.
+  from cast_jax.train.init_from import load_variables
+
+  _, moco = load_variables(source)
+  _, probe = load_variables(workdir)
+  np.testing.assert_array_equal(probe['params']['blocks_0']['attn']['qkv']['kernel'],
+                                moco['params']['encoder']['blocks_0']['attn']['qkv']['kernel'])
+  np.testing.assert_array_equal(probe['batch_stats']['patch_embed']['proj_1']['mean'],
+                                moco['batch_stats']['encoder']['patch_embed']['proj_1']['mean'])
+  # Evaluating the MoCo workdir standalone gives the kNN its own training run reported at the end.
+  out = subprocess.run([sys.executable, '-m', 'cast_jax.evaluate', f'--checkpoint={source}',
+                        f'--config={CONFIG}', '--evaluator=knn'], cwd=REPO_ROOT, env=_env(), capture_output=True,
+                       text=True, timeout=400)
+  assert out.returncode == 0, out.stderr[-3000:]
+  result = json.loads(out.stdout.strip().splitlines()[-1])
+  trained = [r for r in _records(source) if 'knn_top1' in r][-1]
+  assert result['knn_top1'] == trained['knn_top1'] and result['knn_top5'] == trained['knn_top5']

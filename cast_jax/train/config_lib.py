@@ -52,10 +52,54 @@ def moco_defaults() -> ml_collections.ConfigDict:
   return c
 
 
+def supervised_defaults() -> ml_collections.ConfigDict:
+  """DeiT supervised training of CAST on ImageNet-1K as the original (spec_supervised_seg.md §2)."""
+  c = moco_defaults()
+  c.trainer = 'supervised'
+  c.model.update(kind='cast_deit', moco=False, drop_path_rate=0.1)
+  c.model.num_classes = 1000
+  c.data.update(superpixels='deit', eval_interpolation='bicubic', superpixels_from_normalized=True)
+  c.batch_size = 1024  # 128 per GPU x 8 in the original
+  c.num_epochs = 300
+  c.warmup_epochs = 5
+  c.base_lr = 5e-4  # the learning rate is base_lr * batch_size / 512
+  c.weight_decay = 0.05
+  c.label_smoothing = 0.1
+  c.randaugment = True
+  c.random_erasing = 0.25
+  c.repeated_augmentation = 3
+  c.ema_decay = 0.99996
+  c.evaluate_ema = True
+  c.lr_original_off_by_one = True  # epoch e trains with sched(e - 1), as the published models did
+  c.knn.enabled = False
+  return c
+
+
+def lincls_defaults() -> ml_collections.ConfigDict:
+  """MoCo-v3 ``main_lincls`` on a pretrained encoder (spec_moco.md §4): frozen backbone in inference mode,
+  linear head on the normalized cls feature, SGD momentum 0.9, no weight decay, 90 epochs per-epoch cosine."""
+  c = moco_defaults()
+  c.trainer = 'linear_probe'
+  c.model.update(kind='cast', moco=False)
+  c.model.num_classes = 1000  # the original uses a 1000-way head for ImageNet-100 too
+  c.data.update(superpixels='linear_probe', crop_scale=(0.08, 1.0))
+  c.init_checkpoint = ''  # required: a converted MoCo .npz or a MoCo workdir of ours
+  c.batch_size = 1024
+  c.num_epochs = 90
+  c.warmup_epochs = 0
+  c.base_lr = 30.0  # x batch / 256 -> 120 for ImageNet-1K
+  c.weight_decay = 0.0
+  c.knn.enabled = False
+  c.pictures.num_images = 0
+  return c
+
+
 def shrink_for_test(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """A few steps of a tiny model on tiny built-in images: checks the whole path on one CPU."""
   c.model.update(variant='small', image_size=64, embed_dim=24, depth=(1, 1, 1, 1), num_heads=2,
                  num_clusters=(16, 8, 4, 2), max_segments=64, moco_dim=16, moco_mlp_dim=32)
+  if 'num_classes' in c.model:
+    c.model.num_classes = 8  # PartWorld
   c.data.update(name='partworld', train_split='train', eval_split='validation', image_size=64,
                 source_image_size=64, num_train_examples=64,
                 num_eval_examples=16, num_workers=0, read_threads=2, superpixels='moco',

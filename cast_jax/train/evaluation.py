@@ -29,6 +29,8 @@ def encoder_forward(model, uses_superpixels: bool) -> Callable:
   def forward(variables, images, superpixels):
     out = model.apply(variables, images, superpixels, method=run)
     result = {'features': out['features'].astype(jnp.float32)}
+    if 'logits' in out:
+      result['logits'] = out['logits'].astype(jnp.float32)
     if uses_superpixels and 'intermediates' in out:
       result['hierarchy'] = pixel_hierarchy(out['intermediates'], superpixels)
     return result
@@ -45,22 +47,27 @@ def to_uint8(images: np.ndarray) -> np.ndarray:
 class Evaluator:
   """kNN accuracy and a picture of the first evaluation batch's hierarchies, for any encoder variables."""
 
-  def __init__(self, config, model, mesh, uses_superpixels: bool):
+  def __init__(self, config, model, mesh, uses_superpixels: bool, classifier: bool = False):
     self.config, self.mesh, self.uses_superpixels = config, mesh, uses_superpixels
+    self.classifier = classifier
     self._forward = jax.jit(encoder_forward(model, uses_superpixels),
                             out_shardings=sharding.batch_sharding(mesh))
     self._local_batch = config.knn.batch_size // jax.process_count()
 
   def _features(self, variables, split: str, count: int, keep_first: bool = False):
-    feats, labels, first = [], [], None
+    feats, labels, logits, first = [], [], [], None
     for batch in inputs.eval_batches(self.config.data, split, self._local_batch, count, jax.process_index(),
                                      jax.process_count(), self.uses_superpixels):
       device_batch = sharding.global_batch({'image': batch['image'], 'superpixels': batch['superpixels']},
                                            self.mesh)
       out = self._forward(variables, device_batch['image'], device_batch['superpixels'])
-      gathered = multihost_utils.process_allgather(
-          {'features': out['features'], 'label': batch['label'], 'mask': batch['mask']}, tiled=True)
+      wanted = {'features': out['features'], 'label': batch['label'], 'mask': batch['mask']}
+      if 'logits' in out:
+        wanted['logits'] = out['logits']
+      gathered = multihost_utils.process_allgather(wanted, tiled=True)
       keep = np.asarray(gathered['mask'], bool)
+      if 'logits' in gathered:
+        logits.append(np.asarray(gathered['logits'])[keep])
       feats.append(np.asarray(gathered['features'])[keep])
       labels.append(np.asarray(gathered['label'])[keep])
       if keep_first and first is None and 'hierarchy' in out:
@@ -68,14 +75,18 @@ class Evaluator:
         local = [s.data for s in out['hierarchy'].addressable_shards]
         first = {'image': to_uint8(batch['image']), 'superpixels': batch['superpixels'],
                  'hierarchy': np.concatenate([np.asarray(x) for x in local])[:len(batch['image'])]}
+    self._last_logits = np.concatenate(logits) if logits else None
     return np.concatenate(feats), np.concatenate(labels), first
 
-  def __call__(self, variables) -> tuple[dict[str, float], dict[str, np.ndarray]]:
-    """(scalars, images) for the writer."""
-    knn = self.config.knn
+  def __call__(self, variables, with_knn: bool = True) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+    """(scalars, images) for the writer: kNN top-1/5, classifier top-1/5 (classifiers), a picture."""
     scalars, images = {}, {}
-    test_f, test_l, first = self._features(variables, self.config.data.eval_split, knn.num_test, keep_first=True)
-    if knn.enabled:
+    test_f, test_l, first = self._features(variables, self.config.data.eval_split, self.config.knn.num_test,
+                                           keep_first=True)
+    if self.classifier and self._last_logits is not None:
+      scalars.update(topk_accuracy(self._last_logits, test_l))
+    knn = self.config.knn
+    if with_knn and knn.enabled:
       train_f, train_l, _ = self._features(variables, knn.train_split, knn.num_train)
       result = knn_accuracy(train_f, train_l, test_f, test_l, num_classes=knn.num_classes, k=knn.k,
                             temperature=knn.temperature)
@@ -88,5 +99,16 @@ class Evaluator:
     return scalars, images
 
 
-def eval_variables(state) -> dict[str, Any]:
+def eval_variables(state, ema: bool = False) -> dict[str, Any]:
+  if ema:
+    return {'params': state.ema_params, 'batch_stats': state.ema_batch_stats}
   return {'params': state.params, 'batch_stats': state.batch_stats}
+
+
+def topk_accuracy(logits: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+  """Top-1 (and top-5 with >= 5 classes) accuracy in percent."""
+  order = np.argsort(-logits, axis=-1)
+  out = {'top1': float(np.mean(order[:, 0] == labels) * 100)}
+  if logits.shape[-1] >= 5:
+    out['top5'] = float(np.mean(np.any(order[:, :5] == labels[:, None], axis=-1)) * 100)
+  return out

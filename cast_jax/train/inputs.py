@@ -11,6 +11,7 @@ import functools
 from typing import Any, Iterator
 
 import numpy as np
+from PIL import Image
 
 from cast_jax.data import partworld, recipes, sources
 from cast_jax.data.pipeline import PipelineConfig, make_dataset
@@ -63,7 +64,10 @@ def eval_batches(data, split: str, batch_size: int, num_examples: int, process_i
   count = len(source) if num_examples <= 0 else min(num_examples, len(source))
   source = _Head(source, count)
   resize = int(round(data.image_size * data.eval_resize_ratio))
-  recipe = recipes.CenterCropEval(superpixel_fn(data, uses_superpixels), size=data.image_size, resize=resize)
+  resample = {'bilinear': Image.BILINEAR, 'bicubic': Image.BICUBIC}[data.get('eval_interpolation', 'bilinear')]
+  recipe = recipes.CenterCropEval(superpixel_fn(data, uses_superpixels), size=data.image_size, resize=resize,
+                                  resample=resample,
+                                  superpixels_from_normalized=data.get('superpixels_from_normalized', False))
   config = PipelineConfig(batch_size=batch_size, shuffle=False, num_epochs=1, drop_remainder=False,
                           num_workers=0, read_threads=data.get('read_threads'))
   # Every process must run the same number of steps (the forward is one global computation), so a process

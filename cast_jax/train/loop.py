@@ -16,12 +16,10 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from cast_jax.convert import load_converted
 from cast_jax.data.pipeline import summarize_skips
 from cast_jax.models.variants import ModelSpec, build_model
-from cast_jax.train import checkpoint, evaluation, inputs, optim, schedules, sharding
+from cast_jax.train import checkpoint, evaluation, init_from, inputs, optim, sharding, tasks
 from cast_jax.train.metric_writer import MetricWriter, format_progress
-from cast_jax.train.moco import MoCoObjective
 
 # Compiling with these options is several times faster on CPU (the program is the same, its machine code
 # less optimised); the tests and the :test configs use them.
@@ -44,19 +42,28 @@ def _jit(fn, config, **kwargs):
 
 
 def initial_variables(config, spec: ModelSpec, model) -> dict[str, Any]:
-  """From ``config.init_checkpoint`` (a converted .npz) or a fresh initialisation (seeded)."""
-  if config.init_checkpoint:
-    loaded_spec, variables = load_converted(config.init_checkpoint)
-    if (loaded_spec.kind, loaded_spec.moco) != (spec.kind, spec.moco):
-      raise ValueError(f'{config.init_checkpoint} holds a {loaded_spec.kind} (moco={loaded_spec.moco}) model; '
-                       f'the config trains {spec.kind} (moco={spec.moco}). Set config.model to match.')
-    return variables
+  """A fresh initialisation (seeded), overlaid with ``config.init_checkpoint`` (a converted .npz or a workdir)
+  when set; the linear probe requires one and gets MoCo-v3's head initialisation."""
   size = spec.image_size
   images = jnp.zeros((2, size, size, 3), jnp.float32)
   superpixels = jnp.broadcast_to(jnp.arange(size * size, dtype=jnp.int32).reshape(size, size) % 8,
                                  (2, size, size))
   init = _jit(lambda rng: model.init({'params': rng, 'dropout': rng}, images, superpixels), config)
-  return jax.device_get(init(jax.random.PRNGKey(config.seed)))
+  fresh = jax.device_get(init(jax.random.PRNGKey(config.seed)))
+  if not config.init_checkpoint:
+    if config.trainer == 'linear_probe':
+      raise ValueError('the linear probe needs --config.init_checkpoint=CKPT (a converted .npz or a workdir)')
+    return fresh
+  source_spec, loaded = init_from.load_variables(config.init_checkpoint)
+  if source_spec.kind != spec.kind:
+    raise ValueError(f'{config.init_checkpoint} holds a {source_spec.kind} model; the config trains '
+                     f'{spec.kind}. Set --config.model.kind={source_spec.kind} (and its size) to match.')
+  variables, kept = init_from.adapt(loaded, source_spec, fresh)
+  if config.trainer == 'linear_probe':
+    variables = init_from.probe_head_init(variables, config.seed)
+  if kept and jax.process_index() == 0:
+    print(f'initialised from {config.init_checkpoint}; kept fresh: {kept}', flush=True)
+  return variables
 
 
 def _schedule_lengths(config, train_size: int) -> tuple[int, int, int]:
@@ -83,20 +90,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict[str, 
   sharding.check_batch_divides(config.batch_size, mesh)
   spec = model_spec(config)
   uses_superpixels = spec.kind != 'vit_conv'
-  dtype = {'float32': None, 'bfloat16': jnp.bfloat16}[config.compute_dtype]
+  dtype = tasks.compute_dtype(config.compute_dtype)
   model = build_model(spec, dtype)
 
   train_size = len(inputs.make_source(config.data, config.data.train_split))
-  steps_per_epoch, total_steps, warmup_steps = _schedule_lengths(config, train_size)
-  lr = config.base_lr * config.batch_size / 256
-  lr_fn = schedules.warmup_cosine(lr, warmup_steps, total_steps)
-  momentum_fn = schedules.momentum_cosine(config.momentum, total_steps)
-
+  lengths = _schedule_lengths(config, train_size)
+  steps_per_epoch, total_steps, _ = lengths
   variables = initial_variables(config, spec, model)
-  labels = optim.trainable_labels(spec, variables['params'])
-  optimizer = optim.adamw(lr_fn, labels, weight_decay=config.weight_decay, decay_mask=optim.decay_all)
-  objective = MoCoObjective(model=model, optimizer=optimizer, momentum_fn=momentum_fn,
-                            temperature=config.temperature, learning_rate_fn=lr_fn)
+  task = tasks.build_task(config, spec, model, variables['params'], lengths)
+  objective = task.objective
 
   # The state is built on the devices with its final layout (FSDP-split where configured).
   rng = jax.random.PRNGKey(config.seed)
@@ -115,30 +117,30 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict[str, 
     print(f'resumed from {checkpointer.directory}/{start_step}', flush=True)
 
   local_batch = config.batch_size // jax.process_count()
-  iterator = inputs.moco_train_iterator(config.data, local_batch, config.seed, jax.process_index(),
-                                        jax.process_count(), uses_superpixels)
+  iterator = task.make_iterator(local_batch, jax.process_index(), jax.process_count())
   if data_state:
     iterator.set_state(data_state)
 
   train_step = _jit(objective.train_step, config, in_shardings=(state_sharding, sharding.batch_sharding(mesh)),
                     out_shardings=(state_sharding, replicated), donate_argnums=(0,))
-  evaluator = evaluation.Evaluator(config, model, mesh, uses_superpixels)
+  evaluator = evaluation.Evaluator(config, model, mesh, uses_superpixels, classifier=task.classifier)
 
   if is_main:
+    labels = (optim.head_only_labels(variables['params']) if config.trainer == 'linear_probe' else
+              optim.trainable_labels(spec, variables['params']))
     trainable = optim.count_trainable(variables['params'], labels)
     print(f'{spec.kind} {spec.variant}: {trainable / 1e6:.2f}M trainable parameters; {total_steps} steps '
           f'({steps_per_epoch}/epoch), global batch {config.batch_size} on {mesh.devices.size} device(s) '
           f'{dict(mesh.shape)}', flush=True)
   del variables
 
-  last = {}
+  last, best_top1 = {}, 0.0
   last_saved = start_step if start_step else None
   timer_start, timer_steps, run_start = time.time(), 0, time.time()
   for step in range(start_step, total_steps):
     local = next(iterator)
     skipped = summarize_skips(local)
-    device_batch = sharding.global_batch({k: local[k] for k in ('view1', 'view2', 'superpixels1', 'superpixels2')},
-                                         mesh)
+    device_batch = sharding.global_batch({k: local[k] for k in task.batch_keys}, mesh)
     state, metrics = train_step(state, device_batch)
     metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
     if not math.isfinite(metrics['loss']):
@@ -164,6 +166,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict[str, 
       last_saved = done
     if done % config.eval_every_steps == 0 or done == total_steps:
       scalars, images = evaluator(evaluation.eval_variables(state))
+      if task.classifier and state.ema_params is not None and config.get('evaluate_ema', False):
+        ema_scalars, _ = evaluator(evaluation.eval_variables(state, ema=True), with_knn=False)
+        scalars.update({f'ema_{k}': v for k, v in ema_scalars.items()})
+      if 'top1' in scalars:  # the probe reports its best evaluation, as the original
+        best_top1 = scalars['best_top1'] = max(scalars['top1'], best_top1)
       writer.write_scalars(done, scalars)
       writer.write_images(done, images)
       last.update(scalars)

@@ -25,6 +25,11 @@ def trainable_labels(spec: ModelSpec, params) -> Any:
   return jax.tree_util.tree_map_with_path(lambda p, _: FROZEN if is_frozen(spec, _names(p)) else TRAINABLE, params)
 
 
+def head_only_labels(params, head: str = 'head') -> Any:
+  """The linear probe: only the ``head`` subtree trains."""
+  return jax.tree_util.tree_map_with_path(lambda p, _: TRAINABLE if _names(p)[0] == head else FROZEN, params)
+
+
 def decay_all(params) -> Any:
   """MoCo-v3's AdamW: one parameter group, weight decay on every trainable parameter (biases, norms too)."""
   return jax.tree_util.tree_map(lambda _: True, params)

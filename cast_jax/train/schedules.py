@@ -46,3 +46,37 @@ def per_epoch(schedule, steps_per_epoch: int):
     return schedule(jnp.floor_divide(jnp.asarray(step), steps_per_epoch) * steps_per_epoch)
 
   return stepped
+
+
+def deit_epoch_lr(base_lr: float, warmup_epochs: int, total_epochs: int, steps_per_epoch: int,
+                  warmup_lr: float = 1e-6, min_lr: float = 1e-5, original_off_by_one: bool = True):
+  """DeiT's timm ``CosineLRScheduler`` stepped once per epoch (spec_supervised_seg.md §2.5).
+
+  sched(t) = warmup_lr + t (base - warmup_lr) / W for t < W, else min_lr + (base - min_lr)(1 + cos(pi t / E)) / 2.
+  The original steps the scheduler *after* each epoch, so epoch e trains with sched(e - 1) and epoch 0 with
+  warmup_lr (``original_off_by_one=True``, the default, reproduces that: the published models saw it);
+  False gives epoch e sched(e).
+  """
+
+  def sched(t):
+    warm = warmup_lr + t * (base_lr - warmup_lr) / max(warmup_epochs, 1)
+    cosine = min_lr + 0.5 * (base_lr - min_lr) * (1.0 + jnp.cos(jnp.pi * t / total_epochs))
+    return jnp.where(t < warmup_epochs, warm, cosine)
+
+  def schedule(step):
+    epoch = jnp.floor_divide(jnp.asarray(step), steps_per_epoch).astype(jnp.float32)
+    if original_off_by_one:
+      return jnp.where(epoch == 0, warmup_lr, sched(epoch - 1.0))
+    return sched(epoch)
+
+  return schedule
+
+
+def epoch_cosine(base_lr: float, total_epochs: int, steps_per_epoch: int):
+  """lr * (1 + cos(pi * epoch / total)) / 2, constant within an epoch (MoCo-v3 ``main_lincls``)."""
+
+  def schedule(step):
+    epoch = jnp.floor_divide(jnp.asarray(step), steps_per_epoch).astype(jnp.float32)
+    return base_lr * 0.5 * (1.0 + jnp.cos(jnp.pi * epoch / total_epochs))
+
+  return schedule

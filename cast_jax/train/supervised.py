@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from cast_jax.train.optim import TRAINABLE
 from cast_jax.train.state import TrainState, ema
 
 
@@ -38,6 +39,11 @@ class SupervisedObjective:
   label_smoothing: float = 0.1
   ema_decay: Optional[float] = None
   learning_rate_fn: Callable[[Any], Any] | None = None
+  # The linear probe: the network runs in inference mode (running BN statistics, no dropout) and only the
+  # leaves labelled trainable are differentiated (the frozen ones pass through stop_gradient, so no backward
+  # pass through the backbone is built at all).
+  backbone_train: bool = True
+  trainable_labels: Any = None
 
   def init_state(self, variables, rng) -> TrainState:
     copy = lambda tree: jax.tree_util.tree_map(jnp.array, tree)
@@ -56,11 +62,19 @@ class SupervisedObjective:
     (rng,) = state.step_rngs(1)
 
     def loss_fn(params):
-      out, updates = self.model.apply({'params': params, 'batch_stats': state.batch_stats}, batch['image'],
-                                      batch.get('superpixels'), train=True, mutable=['batch_stats'],
-                                      rngs={'dropout': rng})
+      if self.trainable_labels is not None:
+        params = jax.tree_util.tree_map(lambda p, l: p if l == TRAINABLE else jax.lax.stop_gradient(p), params,
+                                        self.trainable_labels)
+      variables = {'params': params, 'batch_stats': state.batch_stats}
+      if self.backbone_train:
+        out, updates = self.model.apply(variables, batch['image'], batch.get('superpixels'), train=True,
+                                        mutable=['batch_stats'], rngs={'dropout': rng})
+        stats = updates['batch_stats']
+      else:
+        out, stats = self.model.apply(variables, batch['image'], batch.get('superpixels'), train=False), \
+            state.batch_stats
       loss = soft_target_cross_entropy(out['logits'], self.targets(batch))
-      return loss, dict(logits=out['logits'], batch_stats=updates['batch_stats'])
+      return loss, dict(logits=out['logits'], batch_stats=stats)
 
     (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     aux['loss'] = loss
