@@ -239,7 +239,8 @@ def _dedupe_aliases(state: dict[str, np.ndarray], spec: ModelSpec, errors: list[
   return out
 
 
-def _nest(flat: dict[tuple[str, ...], np.ndarray]) -> dict[str, Any]:
+def unflatten(flat: dict[tuple[str, ...], Any]) -> dict[str, Any]:
+  """{path tuple: leaf} -> nested dicts (the inverse of ``flatten``)."""
   tree: dict[str, Any] = {}
   for path, value in flat.items():
     node = tree
@@ -314,7 +315,7 @@ def convert_state(branches, info, spec: ModelSpec, require_all: bool = True) -> 
         errors.append(f'mis-shaped {collection}/{"/".join(path)}: checkpoint {have[path].shape}, model {want[path]}')
   if errors:
     raise ConversionError(f'checkpoint does not fit {spec}:\n  ' + '\n  '.join(errors))
-  variables = {c: _nest(v) for c, v in flat.items() if v}
+  variables = {c: unflatten(v) for c, v in flat.items() if v}
   return Conversion(spec=spec, variables=variables, ignored=ignored, source_info=info)
 
 
@@ -356,7 +357,7 @@ def load_converted(path) -> tuple[ModelSpec, dict[str, Any]]:
   variables: dict[str, Any] = {}
   for path_parts, value in flat.items():
     variables.setdefault(path_parts[0], {})[path_parts[1:]] = value
-  return spec, {col: _nest(v) for col, v in variables.items()}
+  return spec, {col: unflatten(v) for col, v in variables.items()}
 
 
 def _parse_args(argv):

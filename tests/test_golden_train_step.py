@@ -128,11 +128,9 @@ def golden_step(folder):
   cot = (delta @ w_first.T).astype(np.float32)
   batch_size = f1.shape[0]
   _, encoder_grads = jax.jit(encoder_vjp)(state, batch, (jnp.asarray(cot[:batch_size]), jnp.asarray(cot[batch_size:])))
-  torch_grads_tree = convert._nest({p: jnp.asarray(g) for p, g in golden_grads.items()})
   full_golden_grads = jax.tree_util.tree_map(jnp.zeros_like, state.params)
   full_golden_grads = jax.tree_util.tree_map_with_path(
       lambda p, z: jnp.asarray(golden_grads.get(tuple(k.key for k in p), z)), full_golden_grads)
-  del torch_grads_tree
   params_from_golden_grads = jax.jit(update_from)(full_golden_grads, state)
   return dict(meta=meta, spec=spec, variables=variables, golden=golden, labels=flat(labels), lr=lr,
               new_state=new_state, grads=flat(grads), aux=aux, own_k2=np.asarray(own_k2),

@@ -15,7 +15,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from cast_jax.convert import flatten, load_converted
+from cast_jax.convert import flatten, load_converted, unflatten
 from cast_jax.models.variants import ModelSpec
 from cast_jax.torch_pickle import CheckpointError
 
@@ -70,18 +70,8 @@ def adapt(variables, source: ModelSpec, fresh) -> tuple[dict[str, Any], list[str
       else:
         merged[path] = value
         kept.append(f'{collection}/{"/".join(path)}')
-    out[collection] = _nest(merged)
+    out[collection] = unflatten(merged)
   return out, kept
-
-
-def _nest(flat):
-  tree: dict[str, Any] = {}
-  for path, value in flat.items():
-    node = tree
-    for name in path[:-1]:
-      node = node.setdefault(name, {})
-    node[path[-1]] = value
-  return tree
 
 
 def probe_head_init(variables, seed: int = 0):
