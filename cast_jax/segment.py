@@ -1,0 +1,164 @@
+"""Hierarchical segmentation of your own images: ``python -m cast_jax.segment``.
+
+    python -m cast_jax.segment --checkpoint=cast_small_in1k.npz --out=/tmp/seg photo.jpg more_photos/
+
+``--checkpoint`` is a converted published checkpoint (``python -m cast_jax.convert``) or one of our training
+workdirs. Per image it writes ``NAME_superpixels.png`` (mean colours with boundaries), ``NAME_levelL.png``
+(level L's boundaries over the image), ``NAME_levelL_ids.png`` (its segments in the fixed palette),
+``NAME_panel.png`` (all of it in one picture) and ``NAME.npz`` (``superpixels`` (H, W) and ``hierarchy``
+(L, H, W) int32 at the input's resolution).
+
+Resize policy (explicit, ``--resize``): 'stretch' resizes the image to the model's square input (its
+``image_size``) and maps the labels back with nearest-neighbour sampling, so any image size works and the
+labels cover every input pixel.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import pathlib
+import sys
+from typing import Any, Optional, Sequence
+
+import jax
+import numpy as np
+from PIL import Image
+
+from cast_jax import visualize
+from cast_jax.data.augment import normalize
+from cast_jax.data.decode import decode_image
+from cast_jax.models.hierarchy import pixel_hierarchy
+from cast_jax.models.variants import ModelSpec, build_encoder
+from cast_jax.superpixels import compute_superpixels, preset
+
+IMAGE_SUFFIXES = ('.jpg', '.jpeg', '.png', '.bmp', '.gif', '.tif', '.tiff', '.webp')
+
+
+class Segmenter:
+  """Image array in, hierarchy out, for a CAST checkpoint (used by the command and the notebooks).
+
+  superpixels: a preset name of ``cast_jax.superpixels`` ('moco', 'slic', ...); num_segments overrides its
+  count (at most the model's ``max_segments``).
+  """
+
+  def __init__(self, spec: ModelSpec, variables: dict[str, Any], superpixels: str = 'moco',
+               num_segments: Optional[int] = None):
+    if spec.kind == 'vit_conv':
+      raise ValueError('this checkpoint is the ViT baseline, not CAST: it has no hierarchy to show')
+    self.spec = spec.replace(moco=False, num_classes=0)
+    self.variables = {k: v for k, v in variables.items() if k in ('params', 'batch_stats')}
+    if spec.moco:
+      self.variables = {k: v['encoder'] for k, v in self.variables.items()}
+    overrides = {} if num_segments is None else {'num_segments': int(num_segments), 'pixels_per_segment': None}
+    self.superpixel_config = preset(superpixels, **overrides)
+    model = build_encoder(self.spec)
+
+    @jax.jit
+    def forward(variables, images, superpixels):
+      out = model.apply(variables, images, superpixels, train=False)
+      return pixel_hierarchy(out['intermediates'], superpixels)
+
+    self._forward = forward
+
+  @classmethod
+  def from_checkpoint(cls, path, **kwargs) -> 'Segmenter':
+    from cast_jax.train.init_from import load_variables  # pylint: disable=import-outside-toplevel
+
+    spec, variables = load_variables(path)
+    return cls(spec, variables, **kwargs)
+
+  def model_input(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(normalized (S, S, 3), superpixels (S, S)) at the model's size S."""
+    size = self.spec.image_size
+    pixels = np.asarray(Image.fromarray(image).resize((size, size), Image.BILINEAR), np.uint8)
+    superpixels = compute_superpixels(pixels, self.superpixel_config, max_segments=self.spec.max_segments)
+    return normalize(pixels), superpixels
+
+  def __call__(self, images: Sequence[np.ndarray]) -> list[dict[str, np.ndarray]]:
+    """uint8 (H, W, 3) images (any sizes) -> per image {'superpixels' (H, W), 'hierarchy' (L, H, W)}."""
+    inputs = [self.model_input(_checked(image)) for image in images]
+    batch = np.stack([x for x, _ in inputs]), np.stack([s for _, s in inputs])
+    hierarchy = np.asarray(self._forward(self.variables, *batch))
+    results = []
+    for image, (_, superpixels), levels in zip(images, inputs, hierarchy):
+      height, width = image.shape[:2]
+      back = functools.partial(_nearest, height=height, width=width)
+      results.append({'superpixels': back(superpixels), 'hierarchy': np.stack([back(l) for l in levels])})
+    return results
+
+
+def _checked(image) -> np.ndarray:
+  image = np.asarray(image)
+  if image.dtype != np.uint8 or image.ndim != 3 or image.shape[-1] != 3:
+    raise ValueError(f'images must be uint8 (H, W, 3) RGB; got {image.dtype} {image.shape}')
+  return image
+
+
+def _nearest(ids: np.ndarray, height: int, width: int) -> np.ndarray:
+  rows = np.minimum((np.arange(height) + 0.5) * ids.shape[0] / height, ids.shape[0] - 1).astype(int)
+  cols = np.minimum((np.arange(width) + 0.5) * ids.shape[1] / width, ids.shape[1] - 1).astype(int)
+  return np.ascontiguousarray(ids[rows][:, cols]).astype(np.int32)
+
+
+def write_outputs(out_dir: pathlib.Path, name: str, image: np.ndarray, result: dict[str, np.ndarray]) -> None:
+  superpixels, hierarchy = result['superpixels'], result['hierarchy']
+  visualize.save_png(visualize.overlay_boundaries(visualize.mean_colour(image, superpixels), superpixels),
+                     out_dir / f'{name}_superpixels.png')
+  for level, ids in enumerate(hierarchy, start=1):
+    visualize.save_png(visualize.overlay_boundaries(image, ids), out_dir / f'{name}_level{level}.png')
+    visualize.save_png(visualize.colorize(ids), out_dir / f'{name}_level{level}_ids.png')
+  visualize.save_png(visualize.hierarchy_panel(image, superpixels, hierarchy), out_dir / f'{name}_panel.png')
+  np.savez_compressed(out_dir / f'{name}.npz', superpixels=superpixels, hierarchy=hierarchy)
+
+
+def find_images(paths: Sequence[str]) -> list[pathlib.Path]:
+  found = []
+  for path in map(pathlib.Path, paths):
+    if path.is_dir():
+      found += sorted(p for p in path.rglob('*') if p.suffix.lower() in IMAGE_SUFFIXES)
+    elif path.is_file():
+      found.append(path)
+    else:
+      raise FileNotFoundError(f'{path}: no such file or folder')
+  if not found:
+    raise ValueError(f'no images ({", ".join(IMAGE_SUFFIXES)}) found in {list(paths)}')
+  return found
+
+
+def main(argv=None) -> int:
+  parser = argparse.ArgumentParser(prog='python -m cast_jax.segment', description=__doc__.split('\n\n')[0])
+  parser.add_argument('inputs', nargs='+', help='images or folders of images')
+  parser.add_argument('--checkpoint', required=True, help='converted .npz or a cast_jax workdir')
+  parser.add_argument('--out', required=True, help='output folder')
+  parser.add_argument('--superpixels', default='moco', help="superpixel preset: 'moco' (SEEDS), 'slic', ...")
+  parser.add_argument('--num-segments', type=int, default=None, help='superpixel count (default: the preset)')
+  parser.add_argument('--batch', type=int, default=8)
+  parser.add_argument('--resize', choices=['stretch'], default='stretch', help='see the module docstring')
+  args = parser.parse_args(argv)
+  segmenter = Segmenter.from_checkpoint(args.checkpoint, superpixels=args.superpixels,
+                                        num_segments=args.num_segments)
+  out_dir = pathlib.Path(args.out)
+  out_dir.mkdir(parents=True, exist_ok=True)
+  paths = find_images(args.inputs)
+  failed = []
+  for start in range(0, len(paths), args.batch):
+    chunk, images = [], []
+    for path in paths[start:start + args.batch]:
+      image, reason = decode_image(path.read_bytes())
+      if image is None:
+        failed.append(f'{path}: {reason}')
+        continue
+      chunk.append(path)
+      images.append(image)
+    if images:
+      for path, image, result in zip(chunk, images, segmenter(images)):
+        write_outputs(out_dir, path.stem, image, result)
+    print(f'[{min(start + args.batch, len(paths))}/{len(paths)}] images segmented', flush=True)
+  for line in failed:
+    print(f'skipped unreadable image {line}', file=sys.stderr)
+  return 1 if failed else 0
+
+
+if __name__ == '__main__':
+  sys.exit(main())

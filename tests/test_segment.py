@@ -1,0 +1,67 @@
+"""``python -m cast_jax.segment`` and the ``Segmenter`` behind it, on a converted golden checkpoint."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import skimage.data
+from PIL import Image
+
+from cast_jax import convert, segment
+from conftest import checkpoint_path, golden_dir, load_meta, require_golden, spec_from_meta
+
+
+@pytest.fixture(scope='module')
+def converted(tmp_path_factory):
+  require_golden()
+  meta = load_meta('moco_cast')
+  conversion = convert.convert_checkpoint(checkpoint_path('moco_cast'), spec=spec_from_meta(meta))
+  path = tmp_path_factory.mktemp('ckpt') / 'moco_cast.npz'
+  convert.save_converted(conversion, path)
+  return path
+
+
+def test_segmenter_reproduces_the_originals_hierarchy(converted):
+  """On the golden 224 px images (no resize), SEEDS + the model give the original's hierarchy exactly."""
+  inputs = np.load(golden_dir() / 'moco_cast' / 'inputs.npz')
+  expected = np.load(golden_dir() / 'moco_cast' / 'outputs.npz')['hierarchy']
+  segmenter = segment.Segmenter.from_checkpoint(converted)
+  results = segmenter(list(inputs['image_uint8']))
+  for result, superpixels, hierarchy in zip(results, inputs['superpixels'], expected):
+    np.testing.assert_array_equal(result['superpixels'], superpixels)
+    np.testing.assert_array_equal(result['hierarchy'], hierarchy)
+
+
+def test_command_on_sample_images(converted, tmp_path, capsys):
+  images = {'astronaut': skimage.data.astronaut(), 'chelsea': skimage.data.chelsea(), 'coffee': skimage.data.coffee()}
+  folder = tmp_path / 'in'
+  folder.mkdir()
+  for name, image in images.items():
+    Image.fromarray(image).save(folder / f'{name}.png')
+  (folder / 'broken.jpg').write_bytes(b'not an image')
+  out = tmp_path / 'out'
+  code = segment.main([str(folder), '--checkpoint', str(converted), '--out', str(out), '--batch', '2'])
+  assert code == 1  # the broken file is reported, the others are written
+  assert 'skipped unreadable image' in capsys.readouterr().err
+  for name, image in images.items():
+    arrays = np.load(out / f'{name}.npz')
+    height, width = image.shape[:2]
+    assert arrays['superpixels'].shape == (height, width)
+    assert arrays['hierarchy'].shape == (4, height, width)
+    # Coarser levels have fewer segments: 64, 32, 16, 8 clusters at most.
+    counts = [len(np.unique(level)) for level in arrays['hierarchy']]
+    assert all(c <= k for c, k in zip(counts, (64, 32, 16, 8))) and counts == sorted(counts, reverse=True)
+    for suffix in ['superpixels', 'panel'] + [f'level{l}' for l in range(1, 5)] + [f'level{l}_ids' for l in range(1, 5)]:
+      picture = np.asarray(Image.open(out / f'{name}_{suffix}.png'))
+      assert picture.dtype == np.uint8 and picture.ndim == 3
+
+
+def test_clear_errors(tmp_path):
+  with pytest.raises(FileNotFoundError, match='no such file'):
+    segment.find_images([str(tmp_path / 'missing.png')])
+  from cast_jax.models import ModelSpec
+
+  with pytest.raises(ValueError, match='not CAST'):
+    segment.Segmenter(ModelSpec(kind='vit_conv'), {'params': {}})
+  with pytest.raises(ValueError, match='uint8'):
+    segment._checked(np.zeros((4, 4, 3), np.float32))
