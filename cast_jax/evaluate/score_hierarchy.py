@@ -1,0 +1,97 @@
+"""Scores each hierarchy level of a CAST checkpoint against PartWorld's object and part masks.
+
+    python -m cast_jax.evaluate.score_hierarchy --checkpoint=/tmp/cast_demo --vit-checkpoint=/tmp/vit_demo
+
+Each segment is labelled with the majority ground-truth class of its pixels, then mIoU (percent; object:
+background vs object, 2 classes; parts: background and the 28 part classes). Rows: the superpixels alone,
+each level of CAST's hierarchy, and, with --vit-checkpoint, k-means on the ViT baseline's patch features with
+the same number of segments as each level (upsampled to pixels, nearest). Prints one JSON line per row.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+import jax
+import numpy as np
+
+from cast_jax.data import partworld
+from cast_jax.data.augment import normalize
+from cast_jax.evaluate.segment_scores import SegmentScore
+from cast_jax.models.variants import build_encoder
+from cast_jax.segment import Segmenter, _nearest
+from cast_jax.train.init_from import load_variables
+
+NUM_PART_CLASSES = 29  # background + 28 parts
+
+
+def kmeans(points: np.ndarray, k: int, seed: int = 0, iterations: int = 20) -> np.ndarray:
+  """(N, D) -> (N,) cluster ids; k-means++ initialisation, Lloyd iterations, on L2-normalised points."""
+  points = points / np.maximum(np.linalg.norm(points, axis=1, keepdims=True), 1e-12)
+  rng = np.random.default_rng(seed)
+  k = min(k, len(points))
+  centres = [points[rng.integers(len(points))]]
+  for _ in range(1, k):
+    dist = np.min(((points[:, None] - np.asarray(centres)[None]) ** 2).sum(-1), axis=1)
+    centres.append(points[rng.choice(len(points), p=dist / dist.sum())] if dist.sum() > 0 else points[0])
+  centres = np.asarray(centres)
+  for _ in range(iterations):
+    ids = np.argmin(((points[:, None] - centres[None]) ** 2).sum(-1), axis=1)
+    for c in range(k):
+      if np.any(ids == c):
+        centres[c] = points[ids == c].mean(0)
+  return np.argmin(((points[:, None] - centres[None]) ** 2).sum(-1), axis=1)
+
+
+def score(checkpoint: str, vit_checkpoint: str | None, num_images: int, num_segments: int | None, seed: int):
+  segmenter = Segmenter.from_checkpoint(checkpoint, num_segments=num_segments)
+  size = segmenter.spec.image_size
+  clusters = segmenter.spec.clusters()
+  dataset = partworld.PartWholeDataset(num_images, image_size=size, seed=seed, split='validation')
+  rows = {'superpixels': None, **{f'cast_level{l + 1} ({k})': None for l, k in enumerate(clusters)}}
+  if vit_checkpoint:
+    vit_spec, vit_variables = load_variables(vit_checkpoint)
+    vit_variables = {k: v['encoder'] if vit_spec.moco else v for k, v in vit_variables.items()}
+    vit = build_encoder(vit_spec.replace(moco=False, num_classes=0))
+    vit_tokens = jax.jit(lambda v, x: vit.apply(v, x, None, train=False)['patch_tokens'])
+    rows.update({f'vit_kmeans ({k})': None for k in clusters})
+  scores = {name: (SegmentScore(2), SegmentScore(NUM_PART_CLASSES)) for name in rows}
+
+  def add(name, segments, example):
+    scores[name][0].update(segments, example['object_mask'].astype(np.int64))
+    scores[name][1].update(segments, example['part_mask'])
+
+  for index in range(num_images):
+    example = dataset[index]
+    result = segmenter([example['image']])[0]
+    add('superpixels', result['superpixels'], example)
+    for level, k in enumerate(clusters):
+      add(f'cast_level{level + 1} ({k})', result['hierarchy'][level], example)
+    if vit_checkpoint:
+      tokens = np.asarray(vit_tokens(vit_variables, normalize(example['image'])[None]))[0]
+      grid = int(round(len(tokens) ** 0.5))
+      for k in clusters:
+        ids = kmeans(tokens.astype(np.float64), k, seed=index).reshape(grid, grid)
+        add(f'vit_kmeans ({k})', _nearest(ids, size, size), example)
+  return [{'segments': name, 'object_miou': round(s[0].miou(), 2), 'part_miou': round(s[1].miou(), 2),
+           'num_images': num_images} for name, s in scores.items()]
+
+
+def main(argv=None) -> int:
+  parser = argparse.ArgumentParser(prog='python -m cast_jax.evaluate.score_hierarchy',
+                                   description=__doc__.split('\n\n')[0])
+  parser.add_argument('--checkpoint', required=True, help='a CAST workdir or converted .npz')
+  parser.add_argument('--vit-checkpoint', default=None, help='the ViT baseline, for the k-means rows')
+  parser.add_argument('--num-images', type=int, default=256)
+  parser.add_argument('--num-segments', type=int, default=49, help='superpixels per image (SEEDS)')
+  parser.add_argument('--seed', type=int, default=0, help='PartWorld seed of the validation images')
+  args = parser.parse_args(argv)
+  for row in score(args.checkpoint, args.vit_checkpoint, args.num_images, args.num_segments, args.seed):
+    print(json.dumps(row), flush=True)
+  return 0
+
+
+if __name__ == '__main__':
+  sys.exit(main())
