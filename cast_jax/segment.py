@@ -44,7 +44,7 @@ class Segmenter:
 
   def __init__(self, spec: ModelSpec, variables: dict[str, Any], superpixels: str = 'moco',
                num_segments: Optional[int] = None):
-    if spec.kind == 'vit_conv':
+    if not spec.uses_superpixels:
       raise ValueError('this checkpoint is the ViT baseline, not CAST: it has no hierarchy to show')
     self.spec = spec.replace(moco=False, num_classes=0)
     self.variables = {k: v for k, v in variables.items() if k in ('params', 'batch_stats')}
@@ -83,7 +83,7 @@ class Segmenter:
     results = []
     for image, (_, superpixels), levels in zip(images, inputs, hierarchy):
       height, width = image.shape[:2]
-      back = functools.partial(_nearest, height=height, width=width)
+      back = functools.partial(resize_nearest, height=height, width=width)
       results.append({'superpixels': back(superpixels), 'hierarchy': np.stack([back(l) for l in levels])})
     return results
 
@@ -95,7 +95,8 @@ def _checked(image) -> np.ndarray:
   return image
 
 
-def _nearest(ids: np.ndarray, height: int, width: int) -> np.ndarray:
+def resize_nearest(ids: np.ndarray, height: int, width: int) -> np.ndarray:
+  """(h, w) labels -> (height, width) int32 by nearest-neighbour sampling at pixel centres."""
   rows = np.minimum((np.arange(height) + 0.5) * ids.shape[0] / height, ids.shape[0] - 1).astype(int)
   cols = np.minimum((np.arange(width) + 0.5) * ids.shape[1] / width, ids.shape[1] - 1).astype(int)
   return np.ascontiguousarray(ids[rows][:, cols]).astype(np.int32)

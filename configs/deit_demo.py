@@ -7,17 +7,13 @@ random erasing, mixup/cutmix, label smoothing, repeated augmentation, drop path 
 The weight EMA decays faster (0.998) than the original's 0.99996, which is meant for 375k steps.
 """
 
-from cast_jax.train.config_lib import finalize, supervised_defaults
+from cast_jax.train.config_lib import finalize, supervised_defaults, use_demo_model_and_data
 
 
 def get_config(arg=None):
-  c = supervised_defaults()
-  c.model.update(kind='cast_deit', variant='small', image_size=64, embed_dim=96, depth=(2, 2, 2, 1), num_heads=4,
-                 num_clusters=(16, 8, 4, 2), max_segments=64, num_classes=8)
-  c.data.update(name='partworld', train_split='train', eval_split='validation', image_size=64,
-                source_image_size=96, eval_resize_ratio=1.0, num_train_examples=4096, num_eval_examples=512,
-                num_workers=0, read_threads=2, superpixels='deit',
-                superpixel_overrides={'num_segments': 49, 'iterations': 10})
+  # (crop_scale is unused here: the DeiT recipe crops with timm's own scale range.)
+  c = use_demo_model_and_data(supervised_defaults(), superpixels='deit')
+  c.model.kind = 'cast_deit'
   c.batch_size = 64
   c.num_epochs = 8
   c.warmup_epochs = 1
@@ -27,6 +23,6 @@ def get_config(arg=None):
   c.checkpoint_every_steps = 200
   c.keep_checkpoints = 2
   c.eval_every_steps = 256
-  c.knn.update(enabled=True, train_split='train', num_train=2048, num_test=512, batch_size=128, num_classes=8)
+  c.knn.enabled = True
   c.pictures.num_images = 4
   return finalize(c, arg)

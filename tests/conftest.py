@@ -80,6 +80,17 @@ def assert_close_golden(name: str, actual, expected) -> None:
     assert err <= 1e-4, f'{name}: max scaled difference {err:.3g} > 1e-4'
 
 
+def golden_state_as_flax(arrays, spec, prefix: str, require_all: bool) -> dict:
+  """'<prefix><torch key>' entries of a train_step.npz (grad/, after/) -> {collection: {flax path: array}},
+  renamed and transposed by the converter exactly as a checkpoint is."""
+  from cast_jax import convert
+
+  state = {k[len(prefix):]: arrays[k] for k in arrays.files if k.startswith(prefix)}
+  branches, info = convert.split_branches({'state_dict': state})
+  conversion = convert.convert_state(branches, info, spec, require_all=require_all)
+  return {col: convert.flatten(tree) for col, tree in conversion.variables.items()}
+
+
 def quick_variables(model, *inputs, seed: int = 0):
   """Random variables with the model's shapes, without compiling ``model.init``.
 

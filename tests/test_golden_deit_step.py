@@ -16,15 +16,9 @@ from cast_jax import convert
 from cast_jax.models import build_model
 from cast_jax.train import optim
 from cast_jax.train.supervised import SupervisedObjective
-from conftest import checkpoint_path, fast_jit, load_meta, require_golden, spec_from_meta
+from conftest import checkpoint_path, golden_state_as_flax, fast_jit, load_meta, require_golden, spec_from_meta
 
 FOLDER = 'deit_cast'
-
-
-def torch_state_as_flax(arrays, spec, prefix, require_all):
-  state = {k[len(prefix):]: arrays[k] for k in arrays.files if k.startswith(prefix)}
-  branches, info = convert.split_branches({'model': state})
-  return {c: convert.flatten(t) for c, t in convert.convert_state(branches, info, spec, require_all).variables.items()}
 
 
 def test_deit_train_step_matches_original():
@@ -51,7 +45,7 @@ def test_deit_train_step_matches_original():
   expected_loss = float(golden['loss'])
   assert abs(float(loss) - expected_loss) <= 1e-5 * expected_loss, (float(loss), expected_loss)
 
-  expected_grads = torch_state_as_flax(golden, spec, 'grad/', require_all=False)['params']
+  expected_grads = golden_state_as_flax(golden, spec, 'grad/', require_all=False)['params']
   ours = {p: np.asarray(g) for p, g in convert.flatten(grads).items()}
   frozen = {p for p, l in convert.flatten(labels).items() if l == optim.FROZEN}
   assert frozen and all(p[0] == 'pool4' for p in frozen)
@@ -64,7 +58,7 @@ def test_deit_train_step_matches_original():
     err = float(np.abs(ours[path] - g).max())
     assert err <= tol, f'grad {"/".join(path)}: {err:.3g} > {tol:.3g}'
 
-  after = torch_state_as_flax(golden, spec, 'after/', require_all=True)
+  after = golden_state_as_flax(golden, spec, 'after/', require_all=True)
   got = {'params': convert.flatten(new_state.params), 'batch_stats': convert.flatten(new_state.batch_stats)}
   before = convert.flatten(variables['params'])
   for collection, expected in after.items():

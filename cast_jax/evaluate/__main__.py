@@ -49,7 +49,7 @@ def evaluate_checkpoint(config, checkpoint: str, evaluator: str = 'knn', ema: bo
   if classifier and any('head' in k for k in kept):
     raise ValueError(f'{checkpoint} has no classifier head for this model; use --evaluator=knn')
   mesh = sharding.make_mesh(config.mesh.fsdp)
-  runner = evaluation.Evaluator(config, model, mesh, spec.kind != 'vit_conv', classifier=classifier)
+  runner = evaluation.Evaluator(config, model, mesh, spec.uses_superpixels, classifier=classifier)
   return runner(variables)
 
 

@@ -21,7 +21,7 @@ from cast_jax.data import partworld
 from cast_jax.data.augment import normalize
 from cast_jax.evaluate.segment_scores import SegmentScore
 from cast_jax.models.variants import build_encoder
-from cast_jax.segment import Segmenter, _nearest
+from cast_jax.segment import Segmenter, resize_nearest
 from cast_jax.train.init_from import load_variables
 
 NUM_PART_CLASSES = 29  # background + 28 parts
@@ -74,7 +74,7 @@ def score(checkpoint: str, vit_checkpoint: str | None, num_images: int, num_segm
       grid = int(round(len(tokens) ** 0.5))
       for k in clusters:
         ids = kmeans(tokens.astype(np.float64), k, seed=index).reshape(grid, grid)
-        add(f'vit_kmeans ({k})', _nearest(ids, size, size), example)
+        add(f'vit_kmeans ({k})', resize_nearest(ids, size, size), example)
   return [{'segments': name, 'object_miou': round(s[0].miou(), 2), 'part_miou': round(s[1].miou(), 2),
            'num_images': num_images} for name, s in scores.items()]
 

@@ -74,7 +74,7 @@ class ModelSpec:
       raise ValueError(f'unknown model kind {self.kind!r}; choose one of {sorted(KINDS)}')
     if self.variant not in SIZES:
       raise ValueError(f'unknown variant {self.variant!r}; choose one of {sorted(SIZES)}')
-    first_level = self.clusters()[0] if self.kind != 'vit_conv' else 0
+    first_level = self.clusters()[0] if self.uses_superpixels else 0
     if self.max_segments is None:
       object.__setattr__(self, 'max_segments', 1024 if first_level > 196 else 196)
     if self.max_segments < first_level:
@@ -91,6 +91,11 @@ class ModelSpec:
       if getattr(self, key) is not None:
         size[key] = getattr(self, key)
     return size
+
+  @property
+  def uses_superpixels(self) -> bool:
+    """Every CAST kind reads superpixels; the ViT baseline reads plain images."""
+    return self.kind != 'vit_conv'
 
   def clusters(self) -> tuple[int, ...]:
     return tuple(self.num_clusters or KINDS[self.kind]['clusters'])

@@ -94,6 +94,21 @@ def lincls_defaults() -> ml_collections.ConfigDict:
   return c
 
 
+def use_demo_model_and_data(c: ml_collections.ConfigDict, superpixels: str = 'moco') -> ml_collections.ConfigDict:
+  """The demo's small CAST (96 wide, 2-2-2-1 blocks, 64 px) on PartWorld, shared by demo, deit_demo and
+  lincls_demo so that a probe or a comparison always sees the model and data the demo trained."""
+  c.model.update(variant='small', image_size=64, embed_dim=96, depth=(2, 2, 2, 1), num_heads=4,
+                 num_clusters=(16, 8, 4, 2), max_segments=64)
+  if 'num_classes' in c.model:
+    c.model.num_classes = 8
+  c.data.update(name='partworld', train_split='train', eval_split='validation', image_size=64,
+                source_image_size=96, crop_scale=(0.25, 1.0), eval_resize_ratio=1.0, num_train_examples=4096,
+                num_eval_examples=512, num_workers=0, read_threads=2, superpixels=superpixels,
+                superpixel_overrides={'num_segments': 49, 'iterations': 10})
+  c.knn.update(train_split='train', num_train=2048, num_test=512, batch_size=128, num_classes=8)
+  return c
+
+
 def shrink_for_test(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """A few steps of a tiny model on tiny built-in images: checks the whole path on one CPU."""
   c.model.update(variant='small', image_size=64, embed_dim=24, depth=(1, 1, 1, 1), num_heads=2,

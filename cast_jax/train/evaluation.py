@@ -54,7 +54,9 @@ class Evaluator:
                             out_shardings=sharding.batch_sharding(mesh))
     self._local_batch = config.knn.batch_size // jax.process_count()
 
-  def _features(self, variables, split: str, count: int, keep_first: bool = False):
+  def _features(self, variables, split: str, count: int, keep_first: bool = False) -> dict[str, Any]:
+    """{'features' (N, D), 'label' (N,), 'logits' (N, C) for classifiers, 'first': picture inputs or None}
+    over the first ``count`` examples of ``split``, padding rows dropped."""
     feats, labels, logits, first = [], [], [], None
     for batch in inputs.eval_batches(self.config.data, split, self._local_batch, count, jax.process_index(),
                                      jax.process_count(), self.uses_superpixels):
@@ -75,24 +77,24 @@ class Evaluator:
         local = [s.data for s in out['hierarchy'].addressable_shards]
         first = {'image': to_uint8(batch['image']), 'superpixels': batch['superpixels'],
                  'hierarchy': np.concatenate([np.asarray(x) for x in local])[:len(batch['image'])]}
-    self._last_logits = np.concatenate(logits) if logits else None
-    return np.concatenate(feats), np.concatenate(labels), first
+    return {'features': np.concatenate(feats), 'label': np.concatenate(labels),
+            'logits': np.concatenate(logits) if logits else None, 'first': first}
 
   def __call__(self, variables, with_knn: bool = True) -> tuple[dict[str, float], dict[str, np.ndarray]]:
     """(scalars, images) for the writer: kNN top-1/5, classifier top-1/5 (classifiers), a picture."""
     scalars, images = {}, {}
-    test_f, test_l, first = self._features(variables, self.config.data.eval_split, self.config.knn.num_test,
-                                           keep_first=True)
-    if self.classifier and self._last_logits is not None:
-      scalars.update(topk_accuracy(self._last_logits, test_l))
+    test = self._features(variables, self.config.data.eval_split, self.config.knn.num_test, keep_first=True)
+    if self.classifier and test['logits'] is not None:
+      scalars.update(topk_accuracy(test['logits'], test['label']))
     knn = self.config.knn
     if with_knn and knn.enabled:
-      train_f, train_l, _ = self._features(variables, knn.train_split, knn.num_train)
-      result = knn_accuracy(train_f, train_l, test_f, test_l, num_classes=knn.num_classes, k=knn.k,
-                            temperature=knn.temperature)
+      train = self._features(variables, knn.train_split, knn.num_train)
+      result = knn_accuracy(train['features'], train['label'], test['features'], test['label'],
+                            num_classes=knn.num_classes, k=knn.k, temperature=knn.temperature)
       scalars['knn_top1'] = result['top1']
       if 'top5' in result:
         scalars['knn_top5'] = result['top5']
+    first = test['first']
     if first is not None and self.config.pictures.num_images > 0:
       images['hierarchy'] = visualize.batch_panel(first['image'], first['superpixels'], first['hierarchy'],
                                                   max_images=self.config.pictures.num_images)

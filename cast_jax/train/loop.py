@@ -7,6 +7,7 @@ checkpoint left it. Process 0 writes metrics (metrics.jsonl, TensorBoard), pictu
 
 from __future__ import annotations
 
+import json
 import math
 import pathlib
 import time
@@ -75,6 +76,17 @@ def _schedule_lengths(config, train_size: int) -> tuple[int, int, int]:
   return steps_per_epoch, total, warmup
 
 
+def _best_logged(workdir: pathlib.Path, key: str, up_to_step: int) -> float:
+  """The largest ``key`` in metrics.jsonl at or before ``up_to_step``, so a resumed run keeps its best."""
+  path, best = workdir / 'metrics.jsonl', 0.0
+  if path.exists():
+    for line in path.read_text().splitlines():
+      record = json.loads(line)
+      if key in record and record['step'] <= up_to_step:
+        best = max(best, float(record[key]))
+  return best
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict[str, Any]:
   """Trains (resuming from ``workdir`` when it holds a checkpoint); returns the last metrics."""
   workdir = pathlib.Path(workdir)
@@ -89,7 +101,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict[str, 
   mesh = sharding.make_mesh(config.mesh.fsdp)
   sharding.check_batch_divides(config.batch_size, mesh)
   spec = model_spec(config)
-  uses_superpixels = spec.kind != 'vit_conv'
   dtype = tasks.compute_dtype(config.compute_dtype)
   model = build_model(spec, dtype)
 
@@ -123,18 +134,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict[str, 
 
   train_step = _jit(objective.train_step, config, in_shardings=(state_sharding, sharding.batch_sharding(mesh)),
                     out_shardings=(state_sharding, replicated), donate_argnums=(0,))
-  evaluator = evaluation.Evaluator(config, model, mesh, uses_superpixels, classifier=task.classifier)
+  evaluator = evaluation.Evaluator(config, model, mesh, spec.uses_superpixels, classifier=task.classifier)
 
   if is_main:
-    labels = (optim.head_only_labels(variables['params']) if config.trainer == 'linear_probe' else
-              optim.trainable_labels(spec, variables['params']))
-    trainable = optim.count_trainable(variables['params'], labels)
+    trainable = optim.count_trainable(variables['params'], task.trainable_labels)
     print(f'{spec.kind} {spec.variant}: {trainable / 1e6:.2f}M trainable parameters; {total_steps} steps '
           f'({steps_per_epoch}/epoch), global batch {config.batch_size} on {mesh.devices.size} device(s) '
           f'{dict(mesh.shape)}', flush=True)
   del variables
 
-  last, best_top1 = {}, 0.0
+  last, best_top1 = {}, _best_logged(workdir, 'top1', start_step)
   last_saved = start_step if start_step else None
   timer_start, timer_steps, run_start = time.time(), 0, time.time()
   for step in range(start_step, total_steps):

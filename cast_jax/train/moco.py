@@ -104,11 +104,8 @@ class MoCoObjective:
     return grads, aux
 
   def apply_gradients(self, state: TrainState, grads, aux) -> tuple[TrainState, dict[str, Any]]:
-    updates, opt_state = self.optimizer.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
-    new_state = state.replace(step=state.step + 1, params=params, batch_stats=aux['batch_stats'],
-                              opt_state=opt_state, ema_params=aux['momentum_params'],
-                              ema_batch_stats=aux['momentum_batch_stats'])
+    new_state = state.apply_optimizer(self.optimizer, grads, aux['batch_stats']).replace(
+        ema_params=aux['momentum_params'], ema_batch_stats=aux['momentum_batch_stats'])
     metrics = {'loss': aux['loss'], 'momentum': aux['momentum']}
     if self.learning_rate_fn is not None:
       metrics['lr'] = self.learning_rate_fn(state.step)

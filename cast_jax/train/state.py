@@ -6,6 +6,7 @@ from typing import Any
 
 import flax.struct
 import jax
+import optax
 
 
 @flax.struct.dataclass
@@ -22,6 +23,12 @@ class TrainState:
   rng: jax.Array
   ema_params: Any = None
   ema_batch_stats: Any = None
+
+  def apply_optimizer(self, optimizer: optax.GradientTransformation, grads, batch_stats) -> 'TrainState':
+    """One optimizer step: step + 1, the updated parameters and optimizer state, the step's BN statistics."""
+    updates, opt_state = optimizer.update(grads, self.opt_state, self.params)
+    return self.replace(step=self.step + 1, params=optax.apply_updates(self.params, updates), opt_state=opt_state,
+                        batch_stats=batch_stats)
 
   def step_rngs(self, count: int) -> list[jax.Array]:
     """``count`` independent keys for this step."""

@@ -81,12 +81,9 @@ class SupervisedObjective:
     return grads, aux
 
   def apply_gradients(self, state: TrainState, grads, aux) -> tuple[TrainState, dict[str, Any]]:
-    updates, opt_state = self.optimizer.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
-    new_state = state.replace(step=state.step + 1, params=params, batch_stats=aux['batch_stats'],
-                              opt_state=opt_state)
+    new_state = state.apply_optimizer(self.optimizer, grads, aux['batch_stats'])
     if self.ema_decay is not None:
-      new_state = new_state.replace(ema_params=ema(state.ema_params, params, self.ema_decay),
+      new_state = new_state.replace(ema_params=ema(state.ema_params, new_state.params, self.ema_decay),
                                     ema_batch_stats=ema(state.ema_batch_stats, aux['batch_stats'], self.ema_decay))
     metrics = {'loss': aux['loss']}
     if self.learning_rate_fn is not None:

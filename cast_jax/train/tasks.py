@@ -22,13 +22,15 @@ from cast_jax.train.supervised import SupervisedObjective
 class Task:
   """objective: has init_state / train_step. batch_keys: what the step reads from a host batch.
   make_iterator(local_batch, process_index, process_count): a resumable iterator of host batches.
-  classifier: whether the model has a head worth top-1 at evaluation."""
+  classifier: whether the model has a head worth top-1 at evaluation. trainable_labels: 'trainable' /
+  'frozen' per parameter, as the optimizer routes them."""
 
   objective: Any
   learning_rate_fn: Callable[[Any], Any]
   batch_keys: tuple[str, ...]
   make_iterator: Callable[[int, int, int], Iterator[dict[str, Any]]]
   classifier: bool = False
+  trainable_labels: Any = None
 
 
 def moco_task(config, spec: ModelSpec, model, params, lengths) -> Task:
@@ -38,12 +40,11 @@ def moco_task(config, spec: ModelSpec, model, params, lengths) -> Task:
   objective = MoCoObjective(model=model, optimizer=optim.adamw(lr_fn, labels, config.weight_decay, optim.decay_all),
                             momentum_fn=schedules.momentum_cosine(config.momentum, total_steps),
                             temperature=config.temperature, learning_rate_fn=lr_fn)
-  uses_superpixels = spec.kind != 'vit_conv'
-
   def make_iterator(local_batch, index, count):
-    return inputs.moco_train_iterator(config.data, local_batch, config.seed, index, count, uses_superpixels)
+    return inputs.moco_train_iterator(config.data, local_batch, config.seed, index, count, spec.uses_superpixels)
 
-  return Task(objective, lr_fn, ('view1', 'view2', 'superpixels1', 'superpixels2'), make_iterator)
+  return Task(objective, lr_fn, ('view1', 'view2', 'superpixels1', 'superpixels2'), make_iterator,
+              trainable_labels=labels)
 
 
 def supervised_task(config, spec: ModelSpec, model, params, lengths) -> Task:
@@ -73,7 +74,8 @@ def supervised_task(config, spec: ModelSpec, model, params, lengths) -> Task:
         round_to=min(256, local_batch * count))
     return iter(dataset)
 
-  return Task(objective, lr_fn, ('image', 'superpixels', 'targets'), make_iterator, classifier=True)
+  return Task(objective, lr_fn, ('image', 'superpixels', 'targets'), make_iterator, classifier=True,
+              trainable_labels=labels)
 
 
 def linear_probe_task(config, spec: ModelSpec, model, params, lengths) -> Task:
@@ -89,12 +91,13 @@ def linear_probe_task(config, spec: ModelSpec, model, params, lengths) -> Task:
   data = config.data
 
   def make_iterator(local_batch, index, count):
-    recipe = recipes.LinearProbeTrain(inputs.superpixel_fn(data, spec.kind != 'vit_conv'), size=data.image_size)
+    recipe = recipes.LinearProbeTrain(inputs.superpixel_fn(data, spec.uses_superpixels), size=data.image_size)
     pipeline_config = PipelineConfig(batch_size=local_batch, seed=config.seed, num_workers=data.num_workers,
                                      read_threads=data.get('read_threads'))
     return iter(make_dataset(inputs.make_source(data, data.train_split), recipe, pipeline_config, index, count))
 
-  return Task(objective, lr_fn, ('image', 'superpixels', 'label'), make_iterator, classifier=True)
+  return Task(objective, lr_fn, ('image', 'superpixels', 'label'), make_iterator, classifier=True,
+              trainable_labels=labels)
 
 
 TASKS = {'moco': moco_task, 'supervised': supervised_task, 'linear_probe': linear_probe_task}
