@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import json
 import pathlib
 import sys
 from typing import Any, Optional, Sequence
@@ -38,19 +39,21 @@ IMAGE_SUFFIXES = ('.jpg', '.jpeg', '.png', '.bmp', '.gif', '.tif', '.tiff', '.we
 class Segmenter:
   """Image array in, hierarchy out, for a CAST checkpoint (used by the command and the notebooks).
 
-  superpixels: a preset name of ``cast_jax.superpixels`` ('moco', 'slic', ...); num_segments overrides its
-  count (at most the model's ``max_segments``).
+  superpixels: a preset name of ``cast_jax.superpixels`` ('moco', 'slic', ...); superpixel_overrides change
+  its fields, and num_segments its count (at most the model's ``max_segments``).
   """
 
   def __init__(self, spec: ModelSpec, variables: dict[str, Any], superpixels: str = 'moco',
-               num_segments: Optional[int] = None):
+               num_segments: Optional[int] = None, superpixel_overrides: Optional[dict[str, Any]] = None):
     if not spec.uses_superpixels:
       raise ValueError('this checkpoint is the ViT baseline, not CAST: it has no hierarchy to show')
     self.spec = spec.replace(moco=False, num_classes=0)
     self.variables = {k: v for k, v in variables.items() if k in ('params', 'batch_stats')}
     if spec.moco:
       self.variables = {k: v['encoder'] for k, v in self.variables.items()}
-    overrides = {} if num_segments is None else {'num_segments': int(num_segments), 'pixels_per_segment': None}
+    overrides = dict(superpixel_overrides or {})
+    if num_segments is not None:
+      overrides.update(num_segments=int(num_segments), pixels_per_segment=None)
     self.superpixel_config = preset(superpixels, **overrides)
     model = build_encoder(self.spec)
 
@@ -62,11 +65,21 @@ class Segmenter:
     self._forward = forward
 
   @classmethod
-  def from_checkpoint(cls, path, **kwargs) -> 'Segmenter':
+  def from_checkpoint(cls, path, superpixels: Optional[str] = None, **kwargs) -> 'Segmenter':
+    """A converted .npz (superpixels default to 'moco', the published models' SEEDS) or a workdir of ours.
+
+    A workdir's superpixels default to the ones its run trained with (its config.json's data settings), so
+    a model trained on small images gets superpixels it can hold.
+    """
     from cast_jax.train.init_from import load_variables  # pylint: disable=import-outside-toplevel
 
     spec, variables = load_variables(path)
-    return cls(spec, variables, **kwargs)
+    config_file = pathlib.Path(path) / 'config.json'
+    if superpixels is None and config_file.is_file():
+      data = json.loads(config_file.read_text())['data']
+      superpixels = data['superpixels']
+      kwargs.setdefault('superpixel_overrides', data.get('superpixel_overrides'))
+    return cls(spec, variables, superpixels=superpixels or 'moco', **kwargs)
 
   def model_input(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(normalized (S, S, 3), superpixels (S, S)) at the model's size S."""
@@ -132,7 +145,9 @@ def main(argv=None) -> int:
   parser.add_argument('inputs', nargs='+', help='images or folders of images')
   parser.add_argument('--checkpoint', required=True, help='converted .npz or a cast_jax workdir')
   parser.add_argument('--out', required=True, help='output folder')
-  parser.add_argument('--superpixels', default='moco', help="superpixel preset: 'moco' (SEEDS), 'slic', ...")
+  parser.add_argument('--superpixels', default=None,
+                      help="superpixel preset: 'moco' (SEEDS), 'slic', ...; default: 'moco' for a converted "
+                      'checkpoint, the training superpixels for a workdir')
   parser.add_argument('--num-segments', type=int, default=None, help='superpixel count (default: the preset)')
   parser.add_argument('--batch', type=int, default=8)
   parser.add_argument('--resize', choices=['stretch'], default='stretch', help='see the module docstring')

@@ -11,6 +11,7 @@ from typing import Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 
 def compose_assignments(logits: Sequence[jax.Array]) -> list[jax.Array]:
@@ -47,3 +48,19 @@ def pixel_hierarchy(intermediates: Mapping[str, jax.Array], superpixels: jax.Arr
   flat = superpixels.reshape(batch, -1).astype(jnp.int32)
   per_level = [jnp.take_along_axis(labels, flat, axis=1) for labels in compose_assignments(level_logits(intermediates))]
   return jnp.stack(per_level, axis=1).reshape(batch, len(per_level), height, width)
+
+
+def nesting_violations(superpixels, hierarchy) -> list[str]:
+  """Where a hierarchy fails to nest (empty when every segment lies inside one segment of the next level).
+
+  superpixels: (H, W) ids; hierarchy: (L, H, W) ids, finest level first (numpy arrays, one image).
+  """
+  levels = [np.asarray(superpixels)] + [np.asarray(h) for h in hierarchy]
+  problems = []
+  for index, (fine, coarse) in enumerate(zip(levels[:-1], levels[1:])):
+    pairs = np.unique(np.stack([fine.ravel(), coarse.ravel()]), axis=1)
+    split = len(pairs[0]) - len(np.unique(pairs[0]))
+    if split:
+      name = 'superpixel' if index == 0 else f'level-{index} segment'
+      problems.append(f'{split} {name}(s) spread over several level-{index + 1} segments')
+  return problems

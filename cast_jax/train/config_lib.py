@@ -6,6 +6,9 @@ recipe into a few steps on tiny images that run on one CPU in about a minute.
 
 from __future__ import annotations
 
+import importlib.util
+import pathlib
+
 import ml_collections
 
 
@@ -141,3 +144,23 @@ def finalize(c: ml_collections.ConfigDict, arg) -> ml_collections.ConfigDict:
   if arg == 'test':
     return shrink_for_test(c)
   raise ValueError(f'unknown config argument {arg!r}; the only one is ":test"')
+
+
+def load_config_file(path_and_arg) -> ml_collections.ConfigDict:
+  """``get_config(arg)`` of a config file named as on the command line: 'configs/demo.py' or 'configs/demo.py:test'.
+
+  For notebooks and scripts; ``python -m cast_jax.main --config=...`` reads the same files through absl.
+  """
+  path, arg = str(path_and_arg), None
+  head, colon, tail = path.rpartition(':')
+  if colon and not any(c in tail for c in '/\\'):  # 'X.py:test', not a drive letter's 'C:\\configs'
+    path, arg = head, tail
+  path = pathlib.Path(path)
+  if not path.is_file():
+    raise FileNotFoundError(f'config file {path} not found (the configs live in configs/ of the repository)')
+  module_spec = importlib.util.spec_from_file_location(f'cast_config_{path.stem}', path)
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  if not hasattr(module, 'get_config'):
+    raise ValueError(f'{path} defines no get_config(arg=None)')
+  return module.get_config(arg or None)
