@@ -59,3 +59,15 @@ def test_config_builds(name):
   assert 'params' in shapes
   with pytest.raises(ValueError, match='test'):
     module.get_config('tset')
+
+
+def test_load_config_file_reads_a_command_line_config_name(tmp_path):
+  from cast_jax.train.config_lib import load_config_file  # pylint: disable=import-outside-toplevel
+
+  assert load_config_file(REPO_ROOT / 'configs' / 'demo.py:test') == load('demo').get_config('test')
+  assert load_config_file(f'{REPO_ROOT}/configs/demo.py').total_steps == load('demo').get_config().total_steps
+  with pytest.raises(FileNotFoundError, match='not found'):
+    load_config_file(tmp_path / 'missing.py')
+  (tmp_path / 'empty.py').write_text('X = 1\n')
+  with pytest.raises(ValueError, match='defines no get_config'):
+    load_config_file(tmp_path / 'empty.py')

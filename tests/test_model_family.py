@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 
 from cast_jax.models import KINDS, SIZES, ModelSpec, build_model, is_frozen, pixel_hierarchy
+from cast_jax.models.hierarchy import nesting_violations
 from conftest import fast_jit
 
 
@@ -192,6 +193,18 @@ def test_pixel_hierarchy_composes_levels_like_a_numpy_loop():
       fine, coarse = hierarchy[b, level].ravel(), hierarchy[b, level + 1].ravel()
       for segment in np.unique(fine):
         assert len(np.unique(coarse[fine == segment])) == 1, 'levels must nest'
+    assert nesting_violations(superpixels[b], hierarchy[b]) == []
+
+
+def test_nesting_violations_names_what_does_not_nest():
+  superpixels = np.array([[0, 0, 1, 1], [2, 2, 3, 3]])
+  nested = np.stack([np.array([[0, 0, 0, 0], [1, 1, 1, 1]]), np.zeros((2, 4), int)])
+  assert nesting_violations(superpixels, nested) == []
+  broken = nested.copy()
+  broken[0, 0, 3] = 1  # superpixel 1 now straddles two level-1 segments
+  assert nesting_violations(superpixels, broken) == ['1 superpixel(s) spread over several level-1 segments']
+  broken = np.stack([nested[0], np.array([[0, 1, 0, 0], [0, 0, 0, 0]])])  # level-1 segment 0 splits at level 2
+  assert nesting_violations(superpixels, broken) == ['1 level-1 segment(s) spread over several level-2 segments']
 
 
 # --------------------------------------------------------------------------------------------------------------

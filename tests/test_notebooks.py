@@ -8,7 +8,6 @@ notebook asserts what it shows (shapes, nesting, parity with the original), so a
 from __future__ import annotations
 
 import os
-import pathlib
 
 import nbformat  # the test extra installs nbformat, nbclient and ipykernel
 import pytest

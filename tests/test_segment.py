@@ -65,3 +65,22 @@ def test_clear_errors(tmp_path):
     segment.Segmenter(ModelSpec(kind='vit_conv'), {'params': {}})
   with pytest.raises(ValueError, match='uint8'):
     segment._checked(np.zeros((4, 4, 3), np.float32))
+
+
+def test_a_workdir_segments_with_the_superpixels_it_trained_with(converted, tmp_path, monkeypatch):
+  """A run's config.json decides the superpixels (a 64 px demo model cannot hold the 196 of the default)."""
+  import json  # pylint: disable=import-outside-toplevel
+
+  from cast_jax.train import init_from  # pylint: disable=import-outside-toplevel
+
+  workdir = tmp_path / 'run'
+  workdir.mkdir()
+  (workdir / 'config.json').write_text(json.dumps(
+      {'data': {'superpixels': 'slic', 'superpixel_overrides': {'num_segments': 50, 'compactness': 20.0}}}))
+  monkeypatch.setattr(init_from, 'load_variables', lambda path: convert.load_converted(converted))
+  segmenter = segment.Segmenter.from_checkpoint(workdir)
+  assert (segmenter.superpixel_config.method, segmenter.superpixel_config.num_segments) == ('slic', 50)
+  assert segmenter.superpixel_config.compactness == 20.0
+  # An explicit choice wins over the run's.
+  assert segment.Segmenter.from_checkpoint(workdir, superpixels='moco').superpixel_config.method == 'seeds'
+  assert segment.Segmenter.from_checkpoint(converted).superpixel_config.num_segments == 196
