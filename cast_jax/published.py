@@ -5,8 +5,9 @@
 
 The original authors host their weights in the Hugging Face repository ``twke/CAST`` under the ``snapshots/``
 paths their scripts and notebooks use (spec_voc_parts_notebooks §5). A download goes to ``DIR/NAME.pth`` (via a
-``.part`` file, so an interrupted download is never taken for a finished one), and the conversion to
-``DIR/NAME.npz``; both are reused when present. No PyTorch is needed.
+``.part`` file, checked against the announced length, so an interrupted download is never taken for a finished
+one), and the conversion to ``DIR/NAME.npz``; both are reused when present. No PyTorch is needed.
+``CAST_PUBLISHED_HUB`` points at a mirror (or a ``file://`` copy), ``CAST_CHECKPOINTS`` at the default DIR.
 """
 
 from __future__ import annotations
@@ -15,14 +16,14 @@ import argparse
 import dataclasses
 import os
 import pathlib
-import shutil
 import sys
 import urllib.error
 import urllib.request
 
 from cast_jax.convert import convert_checkpoint, save_converted
 
-HUB = 'https://huggingface.co/twke/CAST/resolve/main'
+HUB = os.environ.get('CAST_PUBLISHED_HUB', 'https://huggingface.co/twke/CAST/resolve/main')  # or a mirror
+DEFAULT_DIR = pathlib.Path(os.environ.get('CAST_CHECKPOINTS', '~/cast_checkpoints')).expanduser()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,7 +60,7 @@ def url(name: str, hub: str = HUB) -> str:
   return f'{hub.rstrip("/")}/{describe(name).path}'
 
 
-def download(name: str, directory, hub: str = HUB, quiet: bool = False) -> pathlib.Path:
+def download(name: str, directory=DEFAULT_DIR, hub: str = HUB, quiet: bool = False) -> pathlib.Path:
   """``directory/NAME.pth``, fetched from ``hub`` unless already there."""
   directory = pathlib.Path(directory).expanduser()
   target = directory / f'{name}.pth'
@@ -71,8 +72,12 @@ def download(name: str, directory, hub: str = HUB, quiet: bool = False) -> pathl
   if not quiet:
     print(f'downloading {source} -> {target}', flush=True)
   try:
-    with urllib.request.urlopen(source, timeout=60) as response, open(partial, 'wb') as f:
-      shutil.copyfileobj(response, f, length=1 << 20)
+    request = urllib.request.Request(source, headers={'User-Agent': 'cast_jax'})
+    with urllib.request.urlopen(request, timeout=60) as response, open(partial, 'wb') as f:
+      expected = int(response.headers.get('Content-Length') or 0)
+      received = _copy_with_progress(response, f, expected, quiet)
+    if expected and received != expected:  # urllib does not notice a connection closed early
+      raise OSError(f'the connection closed after {received} of {expected} bytes')
   except (urllib.error.URLError, OSError) as e:
     partial.unlink(missing_ok=True)
     raise DownloadError(f'could not download {source} ({e}). Download it by hand and put it at {target}, '
@@ -81,14 +86,32 @@ def download(name: str, directory, hub: str = HUB, quiet: bool = False) -> pathl
   return target
 
 
-def converted(name: str, directory, hub: str = HUB, quiet: bool = False) -> pathlib.Path:
+def _copy_with_progress(response, f, expected: int, quiet: bool) -> int:
+  """Copies in 1 MiB chunks, printing a line at every tenth of ``expected`` bytes; returns the bytes copied."""
+  received, next_report = 0, expected / 10
+  while chunk := response.read(1 << 20):
+    f.write(chunk)
+    received += len(chunk)
+    if not quiet and expected and received >= next_report:
+      print(f'  {received / 1e6:.0f} of {expected / 1e6:.0f} MB', flush=True)
+      next_report += expected / 10
+  return received
+
+
+def converted(name: str, directory=DEFAULT_DIR, hub: str = HUB, quiet: bool = False) -> pathlib.Path:
   """``directory/NAME.npz``: the published checkpoint, downloaded and converted on first use."""
   directory = pathlib.Path(directory).expanduser()
   target = directory / f'{name}.npz'
   if target.is_file():
     return target
+  fresh = not (directory / f'{name}.pth').is_file()
   source = download(name, directory, hub, quiet)
-  conversion = convert_checkpoint(source)
+  try:
+    conversion = convert_checkpoint(source)
+  except ValueError:
+    if fresh:  # a file we just fetched that does not convert must not be reused as if it were good
+      source.unlink()
+    raise
   partial = directory / f'{name}.npz.part'
   save_converted(conversion, partial)
   os.replace(partial, target)
@@ -100,8 +123,10 @@ def converted(name: str, directory, hub: str = HUB, quiet: bool = False) -> path
 def main(argv=None) -> int:
   parser = argparse.ArgumentParser(prog='python -m cast_jax.published', description=__doc__.split('\n\n')[0])
   parser.add_argument('name', nargs='?', help='a published checkpoint (see --list)')
-  parser.add_argument('--dir', default='~/cast_checkpoints', help='where downloads and conversions are kept')
-  parser.add_argument('--hub', default=HUB, help='base URL (a mirror, or file:// for a local copy)')
+  parser.add_argument('--dir', default=str(DEFAULT_DIR), help='where downloads and conversions are kept '
+                      '(default: $CAST_CHECKPOINTS or ~/cast_checkpoints)')
+  parser.add_argument('--hub', default=HUB, help='base URL (a mirror, or file:// for a local copy; default: '
+                      '$CAST_PUBLISHED_HUB or Hugging Face)')
   parser.add_argument('--list', action='store_true', help='list the published checkpoints')
   args = parser.parse_args(argv)
   if args.list or not args.name:

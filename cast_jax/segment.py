@@ -29,7 +29,7 @@ from PIL import Image
 from cast_jax import visualize
 from cast_jax.data.augment import normalize
 from cast_jax.data.decode import decode_image
-from cast_jax.models.hierarchy import pixel_hierarchy
+from cast_jax.models.hierarchy import encoder_forward
 from cast_jax.models.variants import ModelSpec, build_encoder
 from cast_jax.superpixels import compute_superpixels, preset
 
@@ -57,12 +57,8 @@ class Segmenter:
     self.superpixel_config = preset(superpixels, **overrides)
     model = build_encoder(self.spec)
 
-    @jax.jit
-    def forward(variables, images, superpixels):
-      out = model.apply(variables, images, superpixels, train=False)
-      return pixel_hierarchy(out['intermediates'], superpixels)
-
-    self._forward = forward
+    forward = encoder_forward(model, uses_superpixels=True)
+    self._forward = jax.jit(lambda *args: forward(*args)['hierarchy'])  # features are not needed here
 
   @classmethod
   def from_checkpoint(cls, path, superpixels: Optional[str] = None, **kwargs) -> 'Segmenter':
@@ -161,7 +157,7 @@ def main(argv=None) -> int:
   for start in range(0, len(paths), args.batch):
     chunk, images = [], []
     for path in paths[start:start + args.batch]:
-      image, reason = decode_image(path.read_bytes())
+      image, reason = decode_image(path.read_bytes(), exif_transpose=True)
       if image is None:
         failed.append(f'{path}: {reason}')
         continue

@@ -1,4 +1,4 @@
-"""Strips outputs, execution counts and widget state from notebooks before they are committed.
+"""Strips outputs, execution counts, run metadata and widget state from notebooks before they are committed.
 
     python colabs/strip_outputs.py                # every notebook in colabs/
     python colabs/strip_outputs.py NOTEBOOK.ipynb
@@ -11,6 +11,9 @@ import sys
 
 import nbformat
 
+# Per-cell metadata that a run leaves behind; Colab's executionInfo names the user who ran the cell.
+RUN_METADATA = ('executionInfo', 'outputId', 'colab', 'execution')
+
 
 def strip(path: pathlib.Path) -> bool:
   """Strips ``path`` in place; True when something was removed."""
@@ -19,6 +22,8 @@ def strip(path: pathlib.Path) -> bool:
   for cell in notebook.cells:
     if cell.cell_type == 'code' and (cell.outputs or cell.execution_count is not None):
       cell.outputs, cell.execution_count, changed = [], None, True
+    for key in RUN_METADATA:
+      changed |= cell.metadata.pop(key, None) is not None
   if changed:
     nbformat.write(notebook, path)
   return changed

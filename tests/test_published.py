@@ -58,3 +58,33 @@ def test_command(hub, tmp_path, capsys):
   assert capsys.readouterr().out.strip().endswith('moco_cast_base_in1k.npz')
   assert published.main(['nope', '--dir', str(tmp_path / 'c')]) == 1
   assert 'unknown published checkpoint' in capsys.readouterr().err
+
+
+def test_a_download_cut_short_is_an_error_not_a_file(tmp_path, monkeypatch):
+  """urllib returns short reads without complaint when a server closes early; the announced length catches it."""
+  import io  # pylint: disable=import-outside-toplevel
+
+  class CutShort(io.BytesIO):
+    headers = {'Content-Length': '1000000'}
+
+    def __enter__(self):
+      return self
+
+    def __exit__(self, *exc):
+      return False
+
+  monkeypatch.setattr(published.urllib.request, 'urlopen', lambda request, timeout: CutShort(b'x' * 1000))
+  with pytest.raises(published.DownloadError, match='closed after 1000 of 1000000 bytes'):
+    published.download('moco_cast_base_in1k', tmp_path, quiet=True)
+  assert list(tmp_path.iterdir()) == []
+
+
+def test_a_fresh_download_that_does_not_convert_is_removed(tmp_path):
+  hub = tmp_path / 'hub'
+  target = hub / published.PUBLISHED['deit_cast_small_in1k'].path
+  target.parent.mkdir(parents=True)
+  target.write_bytes(b'<html>rate limited</html>')  # what a hub's error page looks like once saved
+  directory = tmp_path / 'ckpts'
+  with pytest.raises(ValueError):
+    published.converted('deit_cast_small_in1k', directory, hub=hub.as_uri(), quiet=True)
+  assert list(directory.iterdir()) == []

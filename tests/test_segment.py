@@ -84,3 +84,20 @@ def test_a_workdir_segments_with_the_superpixels_it_trained_with(converted, tmp_
   # An explicit choice wins over the run's.
   assert segment.Segmenter.from_checkpoint(workdir, superpixels='moco').superpixel_config.method == 'seeds'
   assert segment.Segmenter.from_checkpoint(converted).superpixel_config.num_segments == 196
+
+
+def test_phone_photos_are_turned_upright(converted, tmp_path):
+  """A JPEG whose EXIF says "rotate 90" is segmented upright; training data keeps the original's raw pixels."""
+  from cast_jax.data.decode import decode_image  # pylint: disable=import-outside-toplevel
+
+  image = skimage.data.chelsea()  # 300 x 451
+  exif = Image.Exif()
+  exif[0x0112] = 6  # Orientation: the camera was turned; viewers rotate 90 degrees clockwise
+  folder = tmp_path / 'in'
+  folder.mkdir()
+  Image.fromarray(image).save(folder / 'phone.jpg', exif=exif.tobytes())
+  raw = (folder / 'phone.jpg').read_bytes()
+  assert decode_image(raw)[0].shape == (300, 451, 3)
+  assert decode_image(raw, exif_transpose=True)[0].shape == (451, 300, 3)
+  assert segment.main([str(folder), '--checkpoint', str(converted), '--out', str(tmp_path / 'out')]) == 0
+  assert np.load(tmp_path / 'out' / 'phone.npz')['hierarchy'].shape == (4, 451, 300)

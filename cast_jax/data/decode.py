@@ -12,7 +12,7 @@ import io
 from typing import Optional, Union
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 ImageLike = Union[bytes, np.ndarray, Image.Image]
 
@@ -50,8 +50,12 @@ def _array_to_rgb(array: np.ndarray) -> np.ndarray:
   return np.ascontiguousarray(array)
 
 
-def decode_image(data: ImageLike) -> tuple[Optional[np.ndarray], Optional[str]]:
-  """(rgb uint8 (H, W, 3), None) on success, (None, reason) for unusable input. Never raises on bad bytes."""
+def decode_image(data: ImageLike, exif_transpose: bool = False) -> tuple[Optional[np.ndarray], Optional[str]]:
+  """(rgb uint8 (H, W, 3), None) on success, (None, reason) for unusable input. Never raises on bad bytes.
+
+  exif_transpose: turn the pixels upright as the EXIF orientation says (a phone photo otherwise comes out
+  sideways). Off for training data, because the original's PIL loader ignores the tag.
+  """
   try:
     if isinstance(data, np.ndarray):
       return _array_to_rgb(data), None
@@ -60,6 +64,8 @@ def decode_image(data: ImageLike) -> tuple[Optional[np.ndarray], Optional[str]]:
     else:
       img = Image.open(io.BytesIO(bytes(data)))
     img.load()  # decode now: truncated files fail here, not later inside an augmentation
+    if exif_transpose:
+      img = ImageOps.exif_transpose(img)
     return np.asarray(_to_rgb(img), np.uint8).copy(), None
   except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
     return None, f'{type(e).__name__}: {e}'

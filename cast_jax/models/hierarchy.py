@@ -7,7 +7,7 @@ This is the notebooks' fine-to-coarse algorithm (spec_voc_parts_notebooks.md §1
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -64,3 +64,27 @@ def nesting_violations(superpixels, hierarchy) -> list[str]:
       name = 'superpixel' if index == 0 else f'level-{index} segment'
       problems.append(f'{split} {name}(s) spread over several level-{index + 1} segments')
   return problems
+
+
+def encoder_forward(model, uses_superpixels: bool) -> Callable:
+  """(variables, images, superpixels) -> {'features' (B, D), 'hierarchy' (B, L, H, W) for CAST}.
+
+  The one inference path from images to hierarchies: the trainers' evaluation pictures and the Segmenter
+  (command, notebooks) both use it. Works for a bare encoder and for MoCo (whose ``encoder`` submodule is
+  used, skipping the heads); ``logits`` is added for classifiers.
+  """
+
+  def run(module, images, superpixels):
+    encoder = getattr(module, 'encoder', module)
+    return encoder(images, superpixels if uses_superpixels else None, train=False)
+
+  def forward(variables, images, superpixels):
+    out = model.apply(variables, images, superpixels, method=run)
+    result = {'features': out['features'].astype(jnp.float32)}
+    if 'logits' in out:
+      result['logits'] = out['logits'].astype(jnp.float32)
+    if uses_superpixels and 'intermediates' in out:
+      result['hierarchy'] = pixel_hierarchy(out['intermediates'], superpixels)
+    return result
+
+  return forward

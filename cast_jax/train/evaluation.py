@@ -2,40 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from jax.experimental import multihost_utils
 
 from cast_jax import visualize
 from cast_jax.data.augment import IMAGENET_MEAN, IMAGENET_STD
 from cast_jax.evaluate.knn import knn_accuracy
-from cast_jax.models.hierarchy import pixel_hierarchy
+from cast_jax.models.hierarchy import encoder_forward
 from cast_jax.train import inputs, sharding
-
-
-def encoder_forward(model, uses_superpixels: bool) -> Callable:
-  """(variables, images, superpixels) -> {'features' (B, D), 'hierarchy' (B, L, H, W) for CAST}.
-
-  Works for a bare encoder and for MoCo (whose ``encoder`` submodule is used, skipping the heads).
-  """
-
-  def run(module, images, superpixels):
-    encoder = getattr(module, 'encoder', module)
-    return encoder(images, superpixels if uses_superpixels else None, train=False)
-
-  def forward(variables, images, superpixels):
-    out = model.apply(variables, images, superpixels, method=run)
-    result = {'features': out['features'].astype(jnp.float32)}
-    if 'logits' in out:
-      result['logits'] = out['logits'].astype(jnp.float32)
-    if uses_superpixels and 'intermediates' in out:
-      result['hierarchy'] = pixel_hierarchy(out['intermediates'], superpixels)
-    return result
-
-  return forward
 
 
 def to_uint8(images: np.ndarray) -> np.ndarray:
