@@ -5,7 +5,10 @@
 
 Measurements (more join as the trainers land):
   forward: the eval forward pass of a CAST model (default cast_small, 224 px, 196 superpixels, batch 32):
-    compile time, then images per second over ``repeats`` timed calls after one warm-up call.
+    compile time, then images per second over ``repeats`` timed calls after one warm-up call, and GFLOP/s by
+    XLA's own flop count.
+  matmul: one float32 (6304x384) @ (384x1536) product, the MLP's shape at batch 32: what this CPU's matrix
+    units deliver, the ceiling the forward pass is compared with.
   train_step: one MoCo-v3 step of cast_small with projector and predictor (two views, base and momentum
     branches, AdamW), batch 32 at 224 px: compile time, images per second (pairs of views) after one
     warm-up step, and peak memory (device peak where the backend reports it, else the process's peak RSS).
@@ -26,12 +29,14 @@ import json
 import platform
 import sys
 import time
+from typing import Optional
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from cast_jax.models import ModelSpec, build_model
+from cast_jax.models.variants import compute_dtype
 
 
 def grid_superpixels(batch: int, size: int, cells_per_side: int) -> np.ndarray:
@@ -48,37 +53,64 @@ def _environment() -> dict:
           'num_devices': jax.device_count(), 'jax': jax.__version__, 'python': platform.python_version()}
 
 
-def _time_calls(fn, args, repeats: int) -> tuple[float, float]:
-  """(seconds of the first call, including compilation; mean seconds of the next ``repeats`` calls)."""
-  start = time.perf_counter()
-  jax.block_until_ready(fn(*args))
-  first = time.perf_counter() - start
+def _mean_seconds(fn, args, repeats: int) -> float:
+  """Mean seconds of ``repeats`` calls of an already compiled ``fn``, after one warm-up call."""
   jax.block_until_ready(fn(*args))  # warm-up outside the timed loop (allocator, caches)
   start = time.perf_counter()
   for _ in range(repeats):
     jax.block_until_ready(fn(*args))
-  return first, (time.perf_counter() - start) / repeats
+  return (time.perf_counter() - start) / repeats
+
+
+def _compile(jitted, *args):
+  """(compiled, seconds it took)."""
+  start = time.perf_counter()
+  compiled = jitted.lower(*args).compile()
+  return compiled, time.perf_counter() - start
+
+
+def _gflops_per_s(compiled, seconds: float) -> Optional[float]:
+  """XLA's own flop count of ``compiled`` over ``seconds`` (None where the backend gives no count)."""
+  analysis = compiled.cost_analysis()
+  analysis = analysis[0] if isinstance(analysis, (list, tuple)) else analysis
+  flops = (analysis or {}).get('flops')
+  return round(flops / seconds / 1e9, 1) if flops else None
+
+
+def _grid_inputs(batch: int, image_size: int, num_superpixels: int, views: int = 1):
+  """(random normalized images per view, grid superpixels): every one of ``num_superpixels`` slots used."""
+  side = int(round(num_superpixels ** 0.5))
+  if side * side != num_superpixels:
+    raise ValueError(f'--superpixels must be a square number for the grid benchmark; got {num_superpixels}')
+  rng = np.random.default_rng(0)
+  images = [jnp.asarray(rng.normal(size=(batch, image_size, image_size, 3)), jnp.float32) for _ in range(views)]
+  return images, jnp.asarray(grid_superpixels(batch, image_size, side))
 
 
 def bench_forward(variant: str, batch: int, image_size: int, num_superpixels: int, repeats: int,
                   dtype: str) -> dict:
-  side = int(round(num_superpixels ** 0.5))
-  if side * side != num_superpixels:
-    raise ValueError(f'--superpixels must be a square number for the grid benchmark; got {num_superpixels}')
   spec = ModelSpec(kind='cast', variant=variant, image_size=image_size, max_segments=num_superpixels)
-  compute_dtype = {'float32': None, 'bfloat16': jnp.bfloat16}[dtype]
-  model = build_model(spec, dtype=compute_dtype)
-  images = jnp.asarray(np.random.default_rng(0).normal(size=(batch, image_size, image_size, 3)), jnp.float32)
-  superpixels = jnp.asarray(grid_superpixels(batch, image_size, side))
+  model = build_model(spec, dtype=compute_dtype(dtype))
+  (images,), superpixels = _grid_inputs(batch, image_size, num_superpixels)
   variables = jax.jit(model.init)(jax.random.PRNGKey(0), images[:1], superpixels[:1])
   forward = jax.jit(lambda v, x, y: model.apply(v, x, y)['features'])
-  start = time.perf_counter()
-  compiled = forward.lower(variables, images, superpixels).compile()
-  compile_s = time.perf_counter() - start
-  _, step_s = _time_calls(compiled, (variables, images, superpixels), repeats)
+  compiled, compile_s = _compile(forward, variables, images, superpixels)
+  step_s = _mean_seconds(compiled, (variables, images, superpixels), repeats)
   return {'name': 'forward', 'model': f'cast_{variant}', 'dtype': dtype, 'batch': batch, 'image_size': image_size,
           'superpixels': num_superpixels, 'compile_s': round(compile_s, 2), 'step_s': round(step_s, 4),
-          'images_per_s': round(batch / step_s, 2), 'repeats': repeats, **_environment()}
+          'images_per_s': round(batch / step_s, 2), 'gflops_per_s': _gflops_per_s(compiled, step_s),
+          'repeats': repeats, **_environment()}
+
+
+def bench_matmul(repeats: int) -> dict:
+  """One float32 matmul of the MLP's shape at batch 32 (6272 + 32 tokens, 384 -> 1536): the CPU's ceiling."""
+  rng = np.random.default_rng(0)
+  a = jnp.asarray(rng.normal(size=(6304, 384)), jnp.float32)
+  b = jnp.asarray(rng.normal(size=(384, 1536)), jnp.float32)
+  compiled, _ = _compile(jax.jit(jnp.matmul), a, b)
+  step_s = _mean_seconds(compiled, (a, b), repeats)
+  return {'name': 'matmul', 'shape': '6304x384 @ 384x1536', 'step_s': round(step_s, 5),
+          'gflops_per_s': round(2 * 6304 * 384 * 1536 / step_s / 1e9, 1), 'repeats': repeats, **_environment()}
 
 
 def _peak_memory_mb() -> dict:
@@ -100,24 +132,18 @@ def bench_train_step(variant: str, batch: int, image_size: int, num_superpixels:
   from cast_jax.train import optim, schedules  # pylint: disable=import-outside-toplevel
   from cast_jax.train.moco import MoCoObjective  # pylint: disable=import-outside-toplevel
 
-  side = int(round(num_superpixels ** 0.5))
   spec = ModelSpec(kind='cast', variant=variant, image_size=image_size, max_segments=num_superpixels, moco=True)
-  model = build_model(spec, dtype={'float32': None, 'bfloat16': jnp.bfloat16}[dtype])
-  rng = np.random.default_rng(0)
-  superpixels = jnp.asarray(grid_superpixels(batch, image_size, side))
-  views = {f'view{i}': jnp.asarray(rng.normal(size=(batch, image_size, image_size, 3)), jnp.float32) for i in (1, 2)}
-  batch_arrays = dict(views, superpixels1=superpixels, superpixels2=superpixels)
-  variables = jax.jit(model.init)(jax.random.PRNGKey(0), views['view1'][:2], superpixels[:2])
+  model = build_model(spec, dtype=compute_dtype(dtype))
+  (view1, view2), superpixels = _grid_inputs(batch, image_size, num_superpixels, views=2)
+  batch_arrays = dict(view1=view1, view2=view2, superpixels1=superpixels, superpixels2=superpixels)
+  variables = jax.jit(model.init)(jax.random.PRNGKey(0), view1[:2], superpixels[:2])
   labels = optim.trainable_labels(spec, variables['params'])
   lr_fn = schedules.warmup_cosine(1.5e-4, 10, 1000)
   objective = MoCoObjective(model=model, optimizer=optim.adamw(lr_fn, labels, 0.1, optim.decay_all),
                             momentum_fn=schedules.momentum_cosine(0.99, 1000), learning_rate_fn=lr_fn)
   state = jax.jit(objective.init_state)(variables, jax.random.PRNGKey(1))
   del variables
-  step = jax.jit(objective.train_step, donate_argnums=(0,))
-  start = time.perf_counter()
-  compiled = step.lower(state, batch_arrays).compile()
-  compile_s = time.perf_counter() - start
+  compiled, compile_s = _compile(jax.jit(objective.train_step, donate_argnums=(0,)), state, batch_arrays)
   state, metrics = compiled(state, batch_arrays)  # warm-up
   jax.block_until_ready(metrics)
   start = time.perf_counter()
@@ -223,7 +249,11 @@ def _train_step(args) -> list[dict]:
   return [bench_train_step(args.variant, args.batch, args.image_size, args.superpixels, args.repeats, args.dtype)]
 
 
-BENCHMARKS = {'forward': _forward, 'train_step': _train_step, 'superpixels': bench_superpixels,
+def _matmul(args) -> list[dict]:
+  return [bench_matmul(args.repeats)]
+
+
+BENCHMARKS = {'forward': _forward, 'matmul': _matmul, 'train_step': _train_step, 'superpixels': bench_superpixels,
               'pipeline': bench_pipeline}
 
 

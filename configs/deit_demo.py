@@ -1,4 +1,4 @@
-r"""Supervised (DeiT recipe) training of the demo-sized CAST on PartWorld, on one CPU (about 15 minutes).
+r"""Supervised (DeiT recipe) training of the demo-sized CAST on PartWorld, on one CPU (about 9 minutes).
 
     python -m cast_jax.main --config=configs/deit_demo.py --workdir=/tmp/cast_deit_demo
 

@@ -5,7 +5,7 @@ r"""The demo: MoCo-v3 pretraining of a small CAST on the built-in PartWorld data
     python -m cast_jax.main --config=configs/demo.py --workdir=/tmp/vit_demo --config.model.kind=vit_conv
 
 No download: PartWorld (cast_jax.data.partworld) is generated on the fly, 8 object classes with 28 parts.
-Finishes in about 15 minutes on a 2-core CPU, then prints kNN top-1 on held-out images (chance: 12.5%)
+Finishes in about 13 minutes on a 2-core CPU, then prints kNN top-1 on held-out images (chance: 12.5%)
 and writes pictures of the learned hierarchy to /tmp/cast_demo/pictures.
 """
 

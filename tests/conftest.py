@@ -66,18 +66,22 @@ def spec_from_meta(meta: dict):
   return ModelSpec(**fields)
 
 
-def assert_close_golden(name: str, actual, expected) -> None:
-  """The golden README's tolerances: floats within 1e-4 of max(1, |expected|max), integers identical."""
+def assert_close_golden(name: str, actual, expected) -> float:
+  """The golden README's tolerances: floats within 1e-4 of max(1, |expected|max), integers identical.
+
+  Returns the scaled float difference (0 for integers), for tests that report it.
+  """
   actual = np.asarray(actual)
   expected = np.asarray(expected)
   assert actual.shape == expected.shape, f'{name}: shape {actual.shape} != golden {expected.shape}'
   if expected.dtype.kind in 'iub':
     mismatches = int(np.sum(actual.astype(np.int64) != expected.astype(np.int64)))
     assert mismatches == 0, f'{name}: {mismatches} of {expected.size} entries differ'
-  else:
-    scale = max(1.0, float(np.abs(expected).max()))
-    err = float(np.abs(actual.astype(np.float64) - expected).max()) / scale
-    assert err <= 1e-4, f'{name}: max scaled difference {err:.3g} > 1e-4'
+    return 0.0
+  scale = max(1.0, float(np.abs(expected).max()))
+  err = float(np.abs(actual.astype(np.float64) - expected).max()) / scale
+  assert err <= 1e-4, f'{name}: max scaled difference {err:.3g} > 1e-4'
+  return err
 
 
 def golden_state_as_flax(arrays, spec, prefix: str, require_all: bool) -> dict:

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from typing import Any, Optional, Sequence
+from typing import Any, Mapping, Optional, Sequence
 
 import flax.linen as nn
+import jax.numpy as jnp
 
 from cast_jax.models.cast import CAST
 from cast_jax.models.moco import MoCo
@@ -107,8 +108,23 @@ class ModelSpec:
   def from_json(cls, text: str) -> 'ModelSpec':
     return cls(**json.loads(text))
 
+  @classmethod
+  def from_config(cls, model_config: Mapping[str, Any]) -> 'ModelSpec':
+    """From a training config's ``model`` fields (a dict); None means "the kind's default"."""
+    return cls(**{k: v for k, v in model_config.items() if v is not None})
+
   def replace(self, **changes) -> 'ModelSpec':
     return dataclasses.replace(self, **changes)
+
+
+COMPUTE_DTYPES = {'float32': None, 'bfloat16': jnp.bfloat16}  # None: compute in the parameters' float32
+
+
+def compute_dtype(name: str) -> Any:
+  """The ``dtype`` argument of ``build_model`` for a config's ``compute_dtype`` name."""
+  if name not in COMPUTE_DTYPES:
+    raise ValueError(f'unknown compute_dtype {name!r}; choose one of {sorted(COMPUTE_DTYPES)}')
+  return COMPUTE_DTYPES[name]
 
 
 def build_encoder(spec: ModelSpec, dtype: Any = None) -> nn.Module:

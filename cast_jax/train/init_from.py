@@ -22,7 +22,7 @@ from cast_jax.torch_pickle import CheckpointError
 
 def _spec_from_workdir(workdir: pathlib.Path) -> ModelSpec:
   config = json.loads((workdir / 'config.json').read_text())
-  return ModelSpec(**{k: v for k, v in config['model'].items() if v is not None})  # lists become tuples there
+  return ModelSpec.from_config(config['model'])  # lists become tuples there
 
 
 def load_variables(path, use_ema: bool = False) -> tuple[ModelSpec, dict[str, Any]]:

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from cast_jax.data.pipeline import summarize_skips
-from cast_jax.models.variants import ModelSpec, build_model
+from cast_jax.models.variants import ModelSpec, build_model, compute_dtype
 from cast_jax.train import checkpoint, evaluation, init_from, inputs, optim, sharding, tasks
 from cast_jax.train.metric_writer import MetricWriter, format_progress
 
@@ -32,8 +32,7 @@ class NonFiniteLossError(FloatingPointError):
 
 
 def model_spec(config) -> ModelSpec:
-  fields = {k: v for k, v in config.model.to_dict().items() if v is not None}
-  return ModelSpec(**fields)
+  return ModelSpec.from_config(config.model.to_dict())
 
 
 def _jit(fn, config, **kwargs):
@@ -101,7 +100,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict[str, 
   mesh = sharding.make_mesh(config.mesh.fsdp)
   sharding.check_batch_divides(config.batch_size, mesh)
   spec = model_spec(config)
-  dtype = tasks.compute_dtype(config.compute_dtype)
+  dtype = compute_dtype(config.compute_dtype)
   model = build_model(spec, dtype)
 
   train_size = len(inputs.make_source(config.data, config.data.train_split))

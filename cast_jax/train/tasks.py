@@ -8,7 +8,6 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Callable, Iterator
 
-import jax.numpy as jnp
 
 from cast_jax.data import recipes, supervised as supervised_data
 from cast_jax.data.pipeline import PipelineConfig, make_dataset
@@ -107,7 +106,3 @@ def build_task(config, spec, model, params, lengths) -> Task:
   if config.trainer not in TASKS:
     raise ValueError(f'unknown trainer {config.trainer!r}; choose one of {sorted(TASKS)}')
   return TASKS[config.trainer](config, spec, model, params, lengths)
-
-
-def compute_dtype(name: str):
-  return {'float32': None, 'bfloat16': jnp.bfloat16}[name]
