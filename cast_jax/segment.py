@@ -29,12 +29,11 @@ from PIL import Image
 from cast_jax import visualize
 from cast_jax.data.augment import normalize
 from cast_jax.data.decode import decode_image
+from cast_jax.data.sources import IMAGE_EXTENSIONS, list_images
 from cast_jax.models.hierarchy import encoder_forward
 from cast_jax.models.variants import ModelSpec, build_encoder
 from cast_jax.superpixels import compute_superpixels, preset
-
-IMAGE_SUFFIXES = ('.jpg', '.jpeg', '.png', '.bmp', '.gif', '.tif', '.tiff', '.webp')
-
+from cast_jax.train.init_from import encoder_only, load_variables
 
 class Segmenter:
   """Image array in, hierarchy out, for a CAST checkpoint (used by the command and the notebooks).
@@ -47,10 +46,7 @@ class Segmenter:
                num_segments: Optional[int] = None, superpixel_overrides: Optional[dict[str, Any]] = None):
     if not spec.uses_superpixels:
       raise ValueError('this checkpoint is the ViT baseline, not CAST: it has no hierarchy to show')
-    self.spec = spec.replace(moco=False, num_classes=0)
-    self.variables = {k: v for k, v in variables.items() if k in ('params', 'batch_stats')}
-    if spec.moco:
-      self.variables = {k: v['encoder'] for k, v in self.variables.items()}
+    self.spec, self.variables = encoder_only(spec, variables)
     overrides = dict(superpixel_overrides or {})
     if num_segments is not None:
       overrides.update(num_segments=int(num_segments), pixels_per_segment=None)
@@ -67,8 +63,6 @@ class Segmenter:
     A workdir's superpixels default to the ones its run trained with (its config.json's data settings), so
     a model trained on small images gets superpixels it can hold.
     """
-    from cast_jax.train.init_from import load_variables  # pylint: disable=import-outside-toplevel
-
     spec, variables = load_variables(path)
     config_file = pathlib.Path(path) / 'config.json'
     if superpixels is None and config_file.is_file():
@@ -86,7 +80,7 @@ class Segmenter:
 
   def __call__(self, images: Sequence[np.ndarray]) -> list[dict[str, np.ndarray]]:
     """uint8 (H, W, 3) images (any sizes) -> per image {'superpixels' (H, W), 'hierarchy' (L, H, W)}."""
-    inputs = [self.model_input(_checked(image)) for image in images]
+    inputs = [self.model_input(visualize.check_image(image, 'images')) for image in images]
     batch = np.stack([x for x, _ in inputs]), np.stack([s for _, s in inputs])
     hierarchy = np.asarray(self._forward(self.variables, *batch))
     results = []
@@ -95,13 +89,6 @@ class Segmenter:
       back = functools.partial(resize_nearest, height=height, width=width)
       results.append({'superpixels': back(superpixels), 'hierarchy': np.stack([back(l) for l in levels])})
     return results
-
-
-def _checked(image) -> np.ndarray:
-  image = np.asarray(image)
-  if image.dtype != np.uint8 or image.ndim != 3 or image.shape[-1] != 3:
-    raise ValueError(f'images must be uint8 (H, W, 3) RGB; got {image.dtype} {image.shape}')
-  return image
 
 
 def resize_nearest(ids: np.ndarray, height: int, width: int) -> np.ndarray:
@@ -126,13 +113,13 @@ def find_images(paths: Sequence[str]) -> list[pathlib.Path]:
   found = []
   for path in map(pathlib.Path, paths):
     if path.is_dir():
-      found += sorted(p for p in path.rglob('*') if p.suffix.lower() in IMAGE_SUFFIXES)
+      found += list_images(path)
     elif path.is_file():
       found.append(path)
     else:
       raise FileNotFoundError(f'{path}: no such file or folder')
   if not found:
-    raise ValueError(f'no images ({", ".join(IMAGE_SUFFIXES)}) found in {list(paths)}')
+    raise ValueError(f'no images ({", ".join(IMAGE_EXTENSIONS)}) found in {list(paths)}')
   return found
 
 

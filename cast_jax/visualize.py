@@ -49,7 +49,8 @@ def _describe(x: np.ndarray) -> str:
   return f'{x.dtype} {tuple(x.shape)}'
 
 
-def _check_image(image, name: str = 'image') -> np.ndarray:
+def check_image(image, name: str = 'image') -> np.ndarray:
+  """``image`` as a uint8 (H, W, 3) array, or a ValueError saying what it is instead."""
   image = np.asarray(image)
   if image.dtype != np.uint8 or image.ndim != 3 or image.shape[-1] != 3:
     raise ValueError(f'{name} must be uint8 (H, W, 3); got {_describe(image)}')
@@ -90,7 +91,7 @@ def boundaries(ids) -> np.ndarray:
 
 def overlay_boundaries(image, ids, color: Sequence[int] = (255, 255, 0)) -> np.ndarray:
   """A copy of ``image`` (uint8 (H, W, 3)) with the ``boundaries`` of ``ids`` (H, W) painted ``color``."""
-  image = _check_image(image)
+  image = check_image(image)
   ids = _check_ids(ids, shape=image.shape[:2])
   color = np.asarray(color)
   if color.shape != (3,) or np.any(color < 0) or np.any(color > 255):
@@ -102,7 +103,7 @@ def overlay_boundaries(image, ids, color: Sequence[int] = (255, 255, 0)) -> np.n
 
 def mean_colour(image, ids) -> np.ndarray:
   """Every segment of ``ids`` (H, W) filled with its mean colour in ``image`` (uint8 (H, W, 3)), rounded."""
-  image = _check_image(image)
+  image = check_image(image)
   ids = _check_ids(ids, shape=image.shape[:2])
   # Dense segment indices first: ids may be negative or sparse (e.g. one id in the millions).
   _, dense = np.unique(ids, return_inverse=True)
@@ -162,7 +163,7 @@ def hierarchy_panel(image, superpixels, hierarchy, titles: Optional[Sequence[str
     uint8 (H', W', 3), tiles separated by GAP white pixels:
       H' = 2 H + GAP (+ TITLE_HEIGHT with titles), W' = (L + 2) W + (L + 1) GAP.
   """
-  image = _check_image(image)
+  image = check_image(image)
   height, width = image.shape[:2]
   superpixels = _check_ids(superpixels, 'superpixels', image.shape[:2])
   hierarchy = _check_ids(hierarchy, 'hierarchy', image.shape[:2], layout='(L, H, W)')

@@ -7,7 +7,7 @@ import pytest
 import skimage.data
 from PIL import Image
 
-from cast_jax import convert, segment
+from cast_jax import convert, segment, visualize
 from conftest import checkpoint_path, golden_dir, load_meta, require_golden, spec_from_meta
 
 
@@ -64,20 +64,18 @@ def test_clear_errors(tmp_path):
   with pytest.raises(ValueError, match='not CAST'):
     segment.Segmenter(ModelSpec(kind='vit_conv'), {'params': {}})
   with pytest.raises(ValueError, match='uint8'):
-    segment._checked(np.zeros((4, 4, 3), np.float32))
+    visualize.check_image(np.zeros((4, 4, 3), np.float32), 'images')
 
 
 def test_a_workdir_segments_with_the_superpixels_it_trained_with(converted, tmp_path, monkeypatch):
   """A run's config.json decides the superpixels (a 64 px demo model cannot hold the 196 of the default)."""
   import json  # pylint: disable=import-outside-toplevel
 
-  from cast_jax.train import init_from  # pylint: disable=import-outside-toplevel
-
   workdir = tmp_path / 'run'
   workdir.mkdir()
   (workdir / 'config.json').write_text(json.dumps(
       {'data': {'superpixels': 'slic', 'superpixel_overrides': {'num_segments': 50, 'compactness': 20.0}}}))
-  monkeypatch.setattr(init_from, 'load_variables', lambda path: convert.load_converted(converted))
+  monkeypatch.setattr(segment, 'load_variables', lambda path: convert.load_converted(converted))
   segmenter = segment.Segmenter.from_checkpoint(workdir)
   assert (segmenter.superpixel_config.method, segmenter.superpixel_config.num_segments) == ('slic', 50)
   assert segmenter.superpixel_config.compactness == 20.0

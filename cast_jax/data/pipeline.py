@@ -114,6 +114,16 @@ class PipelineConfig:
   read_buffer: Optional[int] = None
 
 
+def read_options(threads: Optional[int] = None, buffer: Optional[int] = None) -> grain.ReadOptions:
+  """grain's in-process read options; None keeps grain's default for that field."""
+  options = grain.ReadOptions()
+  if threads is not None:
+    options = dataclasses.replace(options, num_threads=threads)
+  if buffer is not None:
+    options = dataclasses.replace(options, prefetch_buffer_size=buffer)
+  return options
+
+
 def make_dataset(source, recipe: Recipe, config: PipelineConfig, process_index: int = 0,
                  process_count: int = 1) -> grain.IterDataset:
   """The batched, sharded, shuffled pipeline over ``source`` (anything with __len__ and __getitem__)."""
@@ -130,12 +140,7 @@ def make_dataset(source, recipe: Recipe, config: PipelineConfig, process_index: 
   if process_count > 1:
     ds = ProcessBatchShard(ds, config.batch_size, process_index, process_count)
   ds = ds.batch(config.batch_size, drop_remainder=config.drop_remainder)
-  read_options = grain.ReadOptions()
-  if config.read_threads is not None:
-    read_options = dataclasses.replace(read_options, num_threads=config.read_threads)
-  if config.read_buffer is not None:
-    read_options = dataclasses.replace(read_options, prefetch_buffer_size=config.read_buffer)
-  it = ds.to_iter_dataset(read_options)
+  it = ds.to_iter_dataset(read_options(config.read_threads, config.read_buffer))
   if config.num_workers > 0:
     _ensure_absl_flags_parsed()
     it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=config.num_workers,

@@ -13,7 +13,8 @@ from typing import Optional, Sequence
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.gif', '.tif', '.tiff', '.webp', '.ppm', '.pgm', '.jfif')
 
 
-def _list_images(folder: pathlib.Path) -> list[pathlib.Path]:
+def list_images(folder: pathlib.Path) -> list[pathlib.Path]:
+  """Every image file under ``folder`` (recursively), sorted."""
   return sorted(p for p in folder.rglob('*') if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
 
 
@@ -29,7 +30,7 @@ class ImageFolderSource:
       raise ValueError(f'{self.root} has no class subfolders; expected root/<class>/<image> (the ImageNet '
                        'layout). For a folder of unlabeled images use FlatFolderSource.')
     self._items = [(path, label) for label, name in enumerate(self.classes)
-                   for path in _list_images(self.root / name)]
+                   for path in list_images(self.root / name)]
     if not self._items:
       raise ValueError(f'no images with extensions {IMAGE_EXTENSIONS} under {self.root}/<class>/')
 
@@ -52,7 +53,7 @@ class FlatFolderSource:
     self.root = pathlib.Path(root)
     if not self.root.is_dir():
       raise FileNotFoundError(f'image folder {self.root} does not exist')
-    self._paths = _list_images(self.root)
+    self._paths = list_images(self.root)
     if not self._paths:
       raise ValueError(f'no images with extensions {IMAGE_EXTENSIONS} under {self.root}')
 

@@ -314,7 +314,8 @@ class RepeatedAugmentation(grain.MapDataset):
 def make_train_dataset(source, recipe, num_classes: int, per_replica_batch: int, ranks: Sequence[int] = (0,),
                        num_replicas: int = 1, seed: int = 0, num_epochs: Optional[int] = None,
                        num_workers: int = 0, prefetch_buffer: int = 2, repeats: int = 3,
-                       round_to: int = 256, **mix_kwargs) -> grain.IterDataset:
+                       round_to: int = 256, read_threads: Optional[int] = None,
+                       **mix_kwargs) -> grain.IterDataset:
   """The supervised training pipeline for the replicas ``ranks`` of ``num_replicas`` (see the module doc).
 
   Batches hold len(ranks) * per_replica_batch examples: 'image', 'superpixels', 'label', 'targets'
@@ -327,7 +328,7 @@ def make_train_dataset(source, recipe, num_classes: int, per_replica_batch: int,
   ds = ds.seed(seed).random_map(pipeline.ApplyRecipe(recipe))
   ds = ds.batch(len(ranks) * per_replica_batch, drop_remainder=True)
   ds = ds.random_map(MixBatch(num_classes, groups=len(ranks), **mix_kwargs))
-  it = ds.to_iter_dataset()
+  it = ds.to_iter_dataset(pipeline.read_options(read_threads))
   if num_workers > 0:
     pipeline._ensure_absl_flags_parsed()  # pylint: disable=protected-access
     it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers,

@@ -22,11 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-
-def _l2_normalize(x):
-  """Rows of ``x`` (R, D) scaled to unit length; all-zero rows (padding) stay zero instead of NaN."""
-  norm = jnp.linalg.norm(x, axis=-1, keepdims=True)
-  return x / jnp.maximum(norm, 1e-12)
+from cast_jax.models.layers import l2_normalize
 
 
 @functools.partial(jax.jit, static_argnames=('k', 'num_classes'))
@@ -45,7 +41,7 @@ def _chunk_scores(test_chunk, train_features, train_labels, temperature, *, k: i
     (C, num_classes) float32 scores: DINO's sum of exp(sim / T) over the k neighbours of each class,
     times exp(-max_sim / T) of the row (see ``knn_predict``).
   """
-  test_chunk = _l2_normalize(test_chunk)
+  test_chunk = l2_normalize(test_chunk)
   # HIGHEST: on TPU (and with TF32 on GPU) the default matmul rounds inputs to ~bf16, enough to swap
   # neighbours whose similarities differ in the third digit.
   sims = jnp.matmul(test_chunk, train_features.T, precision=jax.lax.Precision.HIGHEST)  # (C, N)
@@ -63,7 +59,7 @@ def _as_features(name: str, x) -> np.ndarray:
     raise ValueError(f'{name} must be 2-D (rows, dim); got shape {x.shape}')
   if x.dtype.kind not in 'fiub':
     raise ValueError(f'{name} must be numeric; got dtype {x.dtype}')
-  return x.astype(np.float32)
+  return x.astype(np.float32, copy=False)
 
 
 def _as_labels(name: str, labels, num_rows: int, num_classes: int) -> np.ndarray:
@@ -121,7 +117,7 @@ def knn_predict(train_features, train_labels, test_features, num_classes: int, k
   # Zero rows normalise to zero vectors: harmless, and their scores are dropped below.
   test = np.pad(test, ((0, padded - num_test), (0, 0)))
 
-  train_dev = _l2_normalize(jnp.asarray(train))  # normalised once, reused by every chunk
+  train_dev = l2_normalize(jnp.asarray(train))  # normalised once, reused by every chunk
   labels_dev = jnp.asarray(labels)
   temperature = jnp.float32(temperature)
   scores = [
@@ -148,10 +144,15 @@ def knn_accuracy(train_features, train_labels, test_features, test_labels, num_c
   labels = _as_labels('test_labels', test_labels, test.shape[0], num_classes)
   scores = knn_predict(train_features, train_labels, test, num_classes, k=k, temperature=temperature,
                        chunk_size=chunk_size)
+  return {**topk_accuracy(scores, labels), 'num_test': int(test.shape[0])}
+
+
+def topk_accuracy(scores: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+  """Top-1 (and top-5 with >= 5 classes) accuracy in percent of (M, C) class scores against (M,) labels."""
   # A stable sort of -scores puts the lower index first among equal scores, as argmax does.
-  ranked = np.argsort(-scores, axis=1, kind='stable')
-  result = {'top1': float(np.mean(ranked[:, 0] == labels) * 100.0), 'num_test': int(test.shape[0])}
-  if num_classes >= 5:
+  ranked = np.argsort(-np.asarray(scores), axis=1, kind='stable')
+  result = {'top1': float(np.mean(ranked[:, 0] == labels) * 100.0)}
+  if ranked.shape[1] >= 5:
     result['top5'] = float(np.mean(np.any(ranked[:, :5] == labels[:, None], axis=1)) * 100.0)
   return result
 

@@ -22,7 +22,7 @@ from cast_jax.data.augment import normalize
 from cast_jax.evaluate.segment_scores import SegmentScore
 from cast_jax.models.variants import build_encoder
 from cast_jax.segment import Segmenter, resize_nearest
-from cast_jax.train.init_from import load_variables
+from cast_jax.train.init_from import encoder_only, load_variables
 
 NUM_PART_CLASSES = 29  # background + 28 parts
 
@@ -30,19 +30,20 @@ NUM_PART_CLASSES = 29  # background + 28 parts
 def kmeans(points: np.ndarray, k: int, seed: int = 0, iterations: int = 20) -> np.ndarray:
   """(N, D) -> (N,) cluster ids; k-means++ initialisation, Lloyd iterations, on L2-normalised points."""
   points = points / np.maximum(np.linalg.norm(points, axis=1, keepdims=True), 1e-12)
+  squared_distances = lambda centres: ((points[:, None] - np.asarray(centres)[None]) ** 2).sum(-1)  # (N, k)
   rng = np.random.default_rng(seed)
   k = min(k, len(points))
   centres = [points[rng.integers(len(points))]]
   for _ in range(1, k):
-    dist = np.min(((points[:, None] - np.asarray(centres)[None]) ** 2).sum(-1), axis=1)
+    dist = squared_distances(centres).min(axis=1)
     centres.append(points[rng.choice(len(points), p=dist / dist.sum())] if dist.sum() > 0 else points[0])
   centres = np.asarray(centres)
   for _ in range(iterations):
-    ids = np.argmin(((points[:, None] - centres[None]) ** 2).sum(-1), axis=1)
+    ids = squared_distances(centres).argmin(axis=1)
     for c in range(k):
       if np.any(ids == c):
         centres[c] = points[ids == c].mean(0)
-  return np.argmin(((points[:, None] - centres[None]) ** 2).sum(-1), axis=1)
+  return squared_distances(centres).argmin(axis=1)
 
 
 def score(checkpoint: str, vit_checkpoint: str | None, num_images: int, num_segments: int | None, seed: int):
@@ -52,9 +53,8 @@ def score(checkpoint: str, vit_checkpoint: str | None, num_images: int, num_segm
   dataset = partworld.PartWholeDataset(num_images, image_size=size, seed=seed, split='validation')
   rows = {'superpixels': None, **{f'cast_level{l + 1} ({k})': None for l, k in enumerate(clusters)}}
   if vit_checkpoint:
-    vit_spec, vit_variables = load_variables(vit_checkpoint)
-    vit_variables = {k: v['encoder'] if vit_spec.moco else v for k, v in vit_variables.items()}
-    vit = build_encoder(vit_spec.replace(moco=False, num_classes=0))
+    vit_spec, vit_variables = encoder_only(*load_variables(vit_checkpoint))
+    vit = build_encoder(vit_spec)
     vit_tokens = jax.jit(lambda v, x: vit.apply(v, x, None, train=False)['patch_tokens'])
     rows.update({f'vit_kmeans ({k})': None for k in clusters})
   scores = {name: (SegmentScore(2), SegmentScore(NUM_PART_CLASSES)) for name in rows}
@@ -65,6 +65,8 @@ def score(checkpoint: str, vit_checkpoint: str | None, num_images: int, num_segm
 
   for index in range(num_images):
     example = dataset[index]
+    # One image per call: as in the original, the token count is the batch's largest superpixel id + 1, so
+    # batch-mates with more superpixels can change an image's hierarchy (its empty token slots take part).
     result = segmenter([example['image']])[0]
     add('superpixels', result['superpixels'], example)
     for level, k in enumerate(clusters):

@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from cast_jax.models.fps import farthest_point_sampling
-from cast_jax.models.layers import TORCH_LN_EPS, VIT_LN_EPS, Attention, exact_gelu, layer_norm
+from cast_jax.models.layers import TORCH_LN_EPS, VIT_LN_EPS, Attention, exact_gelu, l2_normalize, layer_norm
 
 # Graph pooling always uses 12 heads, whatever the encoder's ``num_heads`` (as in the original).
 POOL_NUM_HEADS = 12
@@ -33,11 +33,6 @@ def _masked_mean(x, weights):
   """Mean of x (B, N, C) over N with weights (B, N) in {0, 1}; an all-zero row gives zeros."""
   total = jnp.sum(x * weights[..., None], axis=1, keepdims=True)
   return total / jnp.maximum(jnp.sum(weights, axis=1, keepdims=True), 1.0)[..., None]
-
-
-def _l2_normalize(x, eps=1e-12):
-  """``torch.nn.functional.normalize``: x / max(||x||, eps)."""
-  return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), eps)
 
 
 class CentroidBlock(nn.Module):
@@ -92,7 +87,7 @@ class GraphPooling(nn.Module):
     # 2) Soft assignment: cosine similarity between mean-centred attended tokens and the sampled ones.
     node = CentroidBlock(dtype=self.dtype, name='centroid_fc')(tokens, valid).astype(jnp.float32)
     cent = jnp.take_along_axis(node, sampled_inds[..., None], axis=1)
-    logits = LOGIT_SCALE * jnp.einsum('bnd,bkd->bnk', _l2_normalize(node), _l2_normalize(cent))
+    logits = LOGIT_SCALE * jnp.einsum('bnd,bkd->bnk', l2_normalize(node), l2_normalize(cent))
     assign = jax.nn.softmax(logits, axis=-1) * weights[..., None]  # padding contributes nothing
 
     # 3) Pool a widened projection of the tokens with the assignment, project back, add residuals.

@@ -20,6 +20,11 @@ VIT_LN_EPS = 1e-6
 TORCH_LN_EPS = 1e-5
 
 
+def l2_normalize(x, eps: float = 1e-12):
+  """``torch.nn.functional.normalize`` over the last axis: x / max(||x||, eps); all-zero rows stay zero."""
+  return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), eps)
+
+
 def exact_gelu(x):
   """PyTorch's ``nn.GELU()``: the erf form, not the tanh approximation."""
   return nn.gelu(x, approximate=False)

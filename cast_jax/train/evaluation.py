@@ -10,7 +10,7 @@ from jax.experimental import multihost_utils
 
 from cast_jax import visualize
 from cast_jax.data.augment import IMAGENET_MEAN, IMAGENET_STD
-from cast_jax.evaluate.knn import knn_accuracy
+from cast_jax.evaluate.knn import knn_accuracy, topk_accuracy
 from cast_jax.models.hierarchy import encoder_forward
 from cast_jax.train import inputs, sharding
 
@@ -82,12 +82,3 @@ def eval_variables(state, ema: bool = False) -> dict[str, Any]:
   if ema:
     return {'params': state.ema_params, 'batch_stats': state.ema_batch_stats}
   return {'params': state.params, 'batch_stats': state.batch_stats}
-
-
-def topk_accuracy(logits: np.ndarray, labels: np.ndarray) -> dict[str, float]:
-  """Top-1 (and top-5 with >= 5 classes) accuracy in percent."""
-  order = np.argsort(-logits, axis=-1)
-  out = {'top1': float(np.mean(order[:, 0] == labels) * 100)}
-  if logits.shape[-1] >= 5:
-    out['top5'] = float(np.mean(np.any(order[:, :5] == labels[:, None], axis=-1)) * 100)
-  return out

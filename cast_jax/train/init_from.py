@@ -49,13 +49,21 @@ def load_variables(path, use_ema: bool = False) -> tuple[ModelSpec, dict[str, An
   return _spec_from_workdir(path), jax.tree_util.tree_map(np.asarray, variables)
 
 
+def encoder_only(spec: ModelSpec, variables) -> tuple[ModelSpec, dict[str, Any]]:
+  """(spec, {'params', 'batch_stats'}) of the bare encoder inside any checkpoint: a MoCo checkpoint's
+  ``encoder`` subtree without projector, predictor or momentum branch; no classifier head in the spec."""
+  variables = {k: v for k, v in variables.items() if k in ('params', 'batch_stats')}
+  if spec.moco:
+    variables = {k: v.get('encoder', {}) for k, v in variables.items()}
+  return spec.replace(moco=False, num_classes=0), variables
+
+
 def adapt(variables, source: ModelSpec, fresh) -> tuple[dict[str, Any], list[str]]:
   """Loaded ``variables`` laid onto ``fresh`` (the target model's initial variables).
 
   Returns (variables, names of the leaves kept fresh). A MoCo source gives its ``encoder`` subtree.
   """
-  if source.moco:
-    variables = {col: tree.get('encoder', {}) for col, tree in variables.items()}
+  _, variables = encoder_only(source, variables)
   out, kept = {}, []
   for collection, tree in fresh.items():
     loaded = flatten(variables.get(collection, {}))

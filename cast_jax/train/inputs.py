@@ -8,8 +8,10 @@ from ``data.data_dir``. Evaluation batches are padded to a fixed size with a ``m
 from __future__ import annotations
 
 import functools
+import json
 from typing import Any, Iterator
 
+import ml_collections
 import numpy as np
 from PIL import Image
 
@@ -19,7 +21,18 @@ from cast_jax.superpixels import compute_superpixels, preset
 
 
 def make_source(data, split: str):
-  """The random-access source of ``split`` (a split name of the dataset, e.g. data.train_split)."""
+  """The random-access source of ``split`` (a split name of the dataset, e.g. data.train_split).
+
+  Built once per (data settings, split) in a process: the loop, the task and every evaluation ask for the
+  same sources, and listing an ImageNet folder takes tens of seconds.
+  """
+  settings = data.to_dict() if hasattr(data, 'to_dict') else dict(data)
+  return _source(json.dumps(settings, sort_keys=True, default=str), split)
+
+
+@functools.lru_cache(maxsize=8)
+def _source(settings: str, split: str):
+  data = ml_collections.ConfigDict(json.loads(settings))
   if data.name == 'partworld':
     count = data.num_train_examples if split == 'train' else data.num_eval_examples
     return partworld.PartWholeDataset(count, image_size=data.source_image_size, seed=data.seed, split=split)
@@ -51,6 +64,11 @@ def moco_train_iterator(data, batch_size: int, seed: int, process_index: int, pr
   view2 = recipes.ViewAugmentation(size=data.image_size, crop_scale=tuple(data.crop_scale), blur_prob=0.1,
                                    solarize_prob=0.2)
   recipe = recipes.MoCoTwoViews(superpixel_fn(data, uses_superpixels), view1=view1, view2=view2)
+  return train_iterator(data, recipe, batch_size, seed, process_index, process_count)
+
+
+def train_iterator(data, recipe, batch_size: int, seed: int, process_index: int, process_count: int):
+  """An infinite, resumable iterator of ``recipe``'s batches over the train split (``batch_size`` per process)."""
   config = PipelineConfig(batch_size=batch_size, seed=seed, num_workers=data.num_workers,
                           read_threads=data.get('read_threads'))
   return iter(make_dataset(make_source(data, data.train_split), recipe, config, process_index, process_count))
@@ -58,11 +76,11 @@ def moco_train_iterator(data, batch_size: int, seed: int, process_index: int, pr
 
 def eval_batches(data, split: str, batch_size: int, num_examples: int, process_index: int = 0,
                  process_count: int = 1, uses_superpixels: bool = True) -> Iterator[dict[str, Any]]:
-  """Centre-crop evaluation batches of the first ``num_examples`` of ``split`` (all when <= 0), each
+  """Centre-crop evaluation batches of ``num_examples`` of ``split`` spread evenly over it (all when <= 0), each
   padded to ``batch_size`` rows with a boolean ``mask`` (False on padding)."""
   source = make_source(data, split)
   count = len(source) if num_examples <= 0 else min(num_examples, len(source))
-  source = _Head(source, count)
+  source = _EvenSubset(source, count)
   resize = int(round(data.image_size * data.eval_resize_ratio))
   resample = {'bilinear': Image.BILINEAR, 'bicubic': Image.BICUBIC}[data.get('eval_interpolation', 'bilinear')]
   recipe = recipes.CenterCropEval(superpixel_fn(data, uses_superpixels), size=data.image_size, resize=resize,
@@ -100,8 +118,9 @@ def pad_batch(batch: dict[str, Any], batch_size: int) -> dict[str, Any]:
   return out
 
 
-class _Head:
-  """The first ``count`` records of a source."""
+class _EvenSubset:
+  """``count`` records spread evenly over a source: a folder source is sorted by class, so its first records
+  would all come from the first few classes."""
 
   def __init__(self, source, count: int):
     self._source, self._count = source, count
@@ -112,4 +131,4 @@ class _Head:
   def __getitem__(self, index):
     if not 0 <= index < self._count:
       raise IndexError(index)
-    return self._source[index]
+    return self._source[index * len(self._source) // self._count]

@@ -150,17 +150,23 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict[str, 
     skipped = summarize_skips(local)
     device_batch = sharding.global_batch({k: local[k] for k in task.batch_keys}, mesh)
     state, metrics = train_step(state, device_batch)
-    metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
-    if not math.isfinite(metrics['loss']):
-      checkpointer.wait()
-      writer.close()
-      raise NonFiniteLossError(
-          f'the loss became {metrics["loss"]} at step {step + 1}; stopped without saving this state. The last '
-          f'good checkpoint is step {last_saved} in {checkpointer.directory} (restarting resumes from it). '
-          'Try a lower base_lr, more warmup, or compute_dtype="float32".')
     timer_steps += 1
     done = step + 1
-    if done % config.log_every_steps == 0 or done == total_steps:
+    log_now = done % config.log_every_steps == 0 or done == total_steps
+    save_now = done % config.checkpoint_every_steps == 0 or done == total_steps
+    if log_now or save_now:  # only then wait for the device: other steps are dispatched while this one runs
+      # A non-finite loss poisons the parameters, so it is still visible at the next check; checking before
+      # every save keeps bad states out of the checkpoints.
+      metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+      if not math.isfinite(metrics['loss']):
+        checkpointer.wait()
+        writer.close()
+        raise NonFiniteLossError(
+            f'the loss became {metrics["loss"]} at step {done} or earlier (checked at every log step and before '
+            f'each save); stopped without saving this state. The last good checkpoint is step {last_saved} in '
+            f'{checkpointer.directory} (restarting resumes from it). '
+            'Try a lower base_lr, more warmup, or compute_dtype="float32".')
+    if log_now:
       elapsed = time.time() - timer_start
       images_per_second = timer_steps * config.batch_size / max(elapsed, 1e-9)
       last = dict(metrics, images_per_second=images_per_second, skipped_records=skipped,
@@ -169,7 +175,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict[str, 
       if is_main:
         print(format_progress(done, total_steps, metrics, images_per_second, time.time() - run_start), flush=True)
       timer_start, timer_steps = time.time(), 0
-    if done % config.checkpoint_every_steps == 0 or done == total_steps:
+    if save_now:
       checkpointer.save(done, state, iterator.get_state())
       last_saved = done
     if done % config.eval_every_steps == 0 or done == total_steps:

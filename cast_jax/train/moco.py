@@ -20,21 +20,16 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from cast_jax.models.layers import l2_normalize
 from cast_jax.models.moco import MoCo
-from cast_jax.train.state import TrainState, ema
+from cast_jax.train.state import GradientStep, TrainState, ema
 
 BATCH_KEYS = ('view1', 'view2', 'superpixels1', 'superpixels2')
 
 
-def l2_normalize(x, eps: float = 1e-12):
-  """F.normalize: x / max(||x||, eps), in float32."""
-  x = x.astype(jnp.float32)
-  return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), eps)
-
-
 def contrastive_loss(q, k, temperature: float):
   """q, k: (B, dim). InfoNCE with the diagonal as positives, scaled by 2T as the original."""
-  logits = l2_normalize(q) @ l2_normalize(k).T / temperature
+  logits = l2_normalize(q.astype(jnp.float32)) @ l2_normalize(k.astype(jnp.float32)).T / temperature
   labels = jnp.arange(logits.shape[0])
   return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean() * (2.0 * temperature)
 
@@ -45,7 +40,7 @@ def momentum_branch_params(params):
 
 
 @dataclasses.dataclass(frozen=True)
-class MoCoObjective:
+class MoCoObjective(GradientStep):
   """model: a ``MoCo`` module. optimizer: optax (frozen leaves masked). momentum_fn: step -> m.
   temperature: T of the contrastive loss."""
 
@@ -106,11 +101,4 @@ class MoCoObjective:
   def apply_gradients(self, state: TrainState, grads, aux) -> tuple[TrainState, dict[str, Any]]:
     new_state = state.apply_optimizer(self.optimizer, grads, aux['batch_stats']).replace(
         ema_params=aux['momentum_params'], ema_batch_stats=aux['momentum_batch_stats'])
-    metrics = {'loss': aux['loss'], 'momentum': aux['momentum']}
-    if self.learning_rate_fn is not None:
-      metrics['lr'] = self.learning_rate_fn(state.step)
-    return new_state, metrics
-
-  def train_step(self, state: TrainState, batch) -> tuple[TrainState, dict[str, Any]]:
-    grads, aux = self.gradients(state, batch)
-    return self.apply_gradients(state, grads, aux)
+    return new_state, self.metrics(state, loss=aux['loss'], momentum=aux['momentum'])

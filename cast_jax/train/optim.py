@@ -6,7 +6,7 @@ no weight decay. Here such parameters are routed to ``optax.set_to_zero`` and ho
 
 from __future__ import annotations
 
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 import jax
 import optax
@@ -64,5 +64,3 @@ def count_trainable(params, labels) -> int:
                                                             params, labels))
   return int(sum(leaves))
 
-
-LearningRate = Callable[[Any], Any] | float

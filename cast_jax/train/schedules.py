@@ -39,15 +39,6 @@ def momentum_cosine(base_momentum: float, total_steps: int):
   return schedule
 
 
-def per_epoch(schedule, steps_per_epoch: int):
-  """Holds ``schedule`` constant within an epoch (the DeiT / linear-probe recipes step per epoch)."""
-
-  def stepped(step):
-    return schedule(jnp.floor_divide(jnp.asarray(step), steps_per_epoch) * steps_per_epoch)
-
-  return stepped
-
-
 def deit_epoch_lr(base_lr: float, warmup_epochs: int, total_epochs: int, steps_per_epoch: int,
                   warmup_lr: float = 1e-6, min_lr: float = 1e-5, original_off_by_one: bool = True):
   """DeiT's timm ``CosineLRScheduler`` stepped once per epoch (spec_supervised_seg.md §2.5).

@@ -38,3 +38,20 @@ class TrainState:
 def ema(average, new, decay):
   """decay * average + (1 - decay) * new, leaf by leaf over ``average``'s structure."""
   return jax.tree_util.tree_map(lambda a, n: decay * a + (1.0 - decay) * n, average, new)
+
+
+class GradientStep:
+  """``train_step`` = ``gradients`` then ``apply_gradients``, for the objectives (kept apart so that tests can
+  apply an optimizer to gradients computed elsewhere, such as the original's)."""
+
+  learning_rate_fn: Any = None
+
+  def train_step(self, state: TrainState, batch) -> tuple[TrainState, dict[str, Any]]:
+    grads, aux = self.gradients(state, batch)
+    return self.apply_gradients(state, grads, aux)
+
+  def metrics(self, state: TrainState, **values) -> dict[str, Any]:
+    """``values`` plus the learning rate of the step just taken, when the objective knows its schedule."""
+    if self.learning_rate_fn is not None:
+      values['lr'] = self.learning_rate_fn(state.step)
+    return values

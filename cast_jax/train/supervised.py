@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import optax
 
 from cast_jax.train.optim import TRAINABLE
-from cast_jax.train.state import TrainState, ema
+from cast_jax.train.state import GradientStep, TrainState, ema
 
 
 def smoothed_targets(labels, num_classes: int, smoothing: float):
@@ -30,7 +30,7 @@ def soft_target_cross_entropy(logits, targets):
 
 
 @dataclasses.dataclass(frozen=True)
-class SupervisedObjective:
+class SupervisedObjective(GradientStep):
   """model: a classifier returning {'logits': (B, C), ...}. ema_decay: None disables the weight EMA."""
 
   model: Any
@@ -39,11 +39,14 @@ class SupervisedObjective:
   label_smoothing: float = 0.1
   ema_decay: Optional[float] = None
   learning_rate_fn: Callable[[Any], Any] | None = None
-  # The linear probe: the network runs in inference mode (running BN statistics, no dropout) and only the
-  # leaves labelled trainable are differentiated (the frozen ones pass through stop_gradient, so no backward
-  # pass through the backbone is built at all).
-  backbone_train: bool = True
+  # The linear probe gives trainable_labels: then the network runs in inference mode (running BN statistics,
+  # no dropout) and only the leaves labelled trainable are differentiated (the frozen ones pass through
+  # stop_gradient, so no backward pass through the backbone is built at all).
   trainable_labels: Any = None
+
+  @property
+  def backbone_train(self) -> bool:
+    return self.trainable_labels is None
 
   def init_state(self, variables, rng) -> TrainState:
     copy = lambda tree: jax.tree_util.tree_map(jnp.array, tree)
@@ -85,11 +88,4 @@ class SupervisedObjective:
     if self.ema_decay is not None:
       new_state = new_state.replace(ema_params=ema(state.ema_params, new_state.params, self.ema_decay),
                                     ema_batch_stats=ema(state.ema_batch_stats, aux['batch_stats'], self.ema_decay))
-    metrics = {'loss': aux['loss']}
-    if self.learning_rate_fn is not None:
-      metrics['lr'] = self.learning_rate_fn(state.step)
-    return new_state, metrics
-
-  def train_step(self, state: TrainState, batch) -> tuple[TrainState, dict[str, Any]]:
-    grads, aux = self.gradients(state, batch)
-    return self.apply_gradients(state, grads, aux)
+    return new_state, self.metrics(state, loss=aux['loss'])

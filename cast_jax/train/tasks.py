@@ -10,10 +10,9 @@ from typing import Any, Callable, Iterator
 
 
 from cast_jax.data import recipes, supervised as supervised_data
-from cast_jax.data.pipeline import PipelineConfig, make_dataset
 from cast_jax.models.variants import ModelSpec
 from cast_jax.train import inputs, optim, schedules
-from cast_jax.train.moco import MoCoObjective
+from cast_jax.train.moco import BATCH_KEYS as MOCO_BATCH_KEYS, MoCoObjective
 from cast_jax.train.supervised import SupervisedObjective
 
 
@@ -25,7 +24,6 @@ class Task:
   'frozen' per parameter, as the optimizer routes them."""
 
   objective: Any
-  learning_rate_fn: Callable[[Any], Any]
   batch_keys: tuple[str, ...]
   make_iterator: Callable[[int, int, int], Iterator[dict[str, Any]]]
   classifier: bool = False
@@ -42,7 +40,7 @@ def moco_task(config, spec: ModelSpec, model, params, lengths) -> Task:
   def make_iterator(local_batch, index, count):
     return inputs.moco_train_iterator(config.data, local_batch, config.seed, index, count, spec.uses_superpixels)
 
-  return Task(objective, lr_fn, ('view1', 'view2', 'superpixels1', 'superpixels2'), make_iterator,
+  return Task(objective, MOCO_BATCH_KEYS, make_iterator,
               trainable_labels=labels)
 
 
@@ -70,10 +68,11 @@ def supervised_task(config, spec: ModelSpec, model, params, lengths) -> Task:
     dataset = supervised_data.make_train_dataset(
         source, recipe, spec.num_classes, per_replica_batch=local_batch, ranks=(index,), num_replicas=count,
         seed=config.seed, num_workers=data.num_workers, repeats=config.repeated_augmentation,
-        round_to=min(256, local_batch * count))
+        round_to=min(256, local_batch * count), read_threads=data.get('read_threads'),
+        label_smoothing=config.label_smoothing)
     return iter(dataset)
 
-  return Task(objective, lr_fn, ('image', 'superpixels', 'targets'), make_iterator, classifier=True,
+  return Task(objective, ('image', 'superpixels', 'targets'), make_iterator, classifier=True,
               trainable_labels=labels)
 
 
@@ -85,17 +84,15 @@ def linear_probe_task(config, spec: ModelSpec, model, params, lengths) -> Task:
                                  steps_per_epoch)
   labels = optim.head_only_labels(params)
   objective = SupervisedObjective(model=model, optimizer=optim.sgd(lr_fn, labels, momentum=0.9),
-                                  num_classes=spec.num_classes, label_smoothing=0.0, backbone_train=False,
-                                  trainable_labels=labels, learning_rate_fn=lr_fn)
+                                  num_classes=spec.num_classes, label_smoothing=0.0, trainable_labels=labels,
+                                  learning_rate_fn=lr_fn)
   data = config.data
 
   def make_iterator(local_batch, index, count):
     recipe = recipes.LinearProbeTrain(inputs.superpixel_fn(data, spec.uses_superpixels), size=data.image_size)
-    pipeline_config = PipelineConfig(batch_size=local_batch, seed=config.seed, num_workers=data.num_workers,
-                                     read_threads=data.get('read_threads'))
-    return iter(make_dataset(inputs.make_source(data, data.train_split), recipe, pipeline_config, index, count))
+    return inputs.train_iterator(data, recipe, local_batch, config.seed, index, count)
 
-  return Task(objective, lr_fn, ('image', 'superpixels', 'label'), make_iterator, classifier=True,
+  return Task(objective, ('image', 'superpixels', 'label'), make_iterator, classifier=True,
               trainable_labels=labels)
 
 
