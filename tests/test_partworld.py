@@ -194,3 +194,27 @@ def test_figure_and_command_line(tmp_path):
   out = tmp_path / 'sub' / 'partworld.png'
   partworld.main(['--out', str(out), '--image-size', '64', '--rows', '1'])
   assert out.stat().st_size > 0
+
+
+def test_a_second_rendering_keeps_the_object_and_changes_its_appearance():
+  """appearance=1 re-draws the same object (class, parts, pose) with new colours, background and clutter, so two
+  views of one example share only the object's shape; the default rendering is unchanged by the option."""
+  plain = PartWholeDataset(8, image_size=64, split='train')
+  paired = PartWholeDataset(8, image_size=64, split='train', second_rendering=True)
+  object_change, background_change = [], []
+  for i in range(8):
+    a, b = plain[i], paired[i]
+    assert _same(a, b), 'the first rendering must not depend on second_rendering'
+    again = make_example(i, image_size=64, split='train', appearance=1)
+    np.testing.assert_array_equal(b['image2'], again['image'])
+    assert again['label'] == a['label']
+    np.testing.assert_array_equal(again['part_mask'], a['part_mask'])
+    inside = a['object_mask']
+    change = np.abs(a['image'].astype(int) - b['image2'])
+    object_change.append(change[inside].mean())
+    background_change.append(change[~inside].mean())
+  # Colours are redrawn uniformly, so the mean change is large (one object may by chance keep similar colours).
+  assert np.mean(object_change) > 50 and np.mean(background_change) > 50
+  assert min(background_change) > 30
+  with pytest.raises(ValueError, match='appearance must be non-negative'):
+    make_example(0, image_size=64, appearance=-1)

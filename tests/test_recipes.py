@@ -62,3 +62,18 @@ def test_images_smaller_than_the_crop_are_upsampled_not_dropped():
   for image, ids in ((views['view1'], views['superpixels1']), (probe['image'], probe['superpixels']),
                      (evaluation['image'], evaluation['superpixels'])):
     assert image.shape == (224, 224, 3) and ids.max() == 195
+
+
+def test_moco_takes_the_second_view_from_a_second_rendering_when_the_example_has_one():
+  source = PartWholeDataset(4, image_size=96, second_rendering=True)
+  example = source[1]
+  recipe = recipes.MoCoTwoViews(MOCO_SEEDS, view1=recipes.ViewAugmentation(size=96, crop_scale=(1.0, 1.0),
+                                                                          jitter_prob=0, grayscale_prob=0,
+                                                                          blur_prob=0),
+                                view2=recipes.ViewAugmentation(size=96, crop_scale=(1.0, 1.0), jitter_prob=0,
+                                                               grayscale_prob=0, blur_prob=0))
+  out = recipe(example, np.random.default_rng(0))
+  for name, key in (('1', 'image'), ('2', 'image2')):
+    pixels = np.round((out['view' + name] * augment.IMAGENET_STD + augment.IMAGENET_MEAN) * 255).astype(np.uint8)
+    # Full-image crops with no colour change: each view is its rendering, possibly flipped.
+    assert np.array_equal(pixels, example[key]) or np.array_equal(pixels, example[key][:, ::-1])

@@ -533,22 +533,32 @@ def _check_config(image_size: int, seed: int, split: str) -> None:
     raise ValueError(f'split must be one of {SPLITS}; got {split!r}')
 
 
-def make_example(index: int, *, image_size: int = 224, seed: int = 0, split: str = 'train') -> dict:
+def make_example(index: int, *, image_size: int = 224, seed: int = 0, split: str = 'train',
+                 appearance: int = 0) -> dict:
   """Example ``index`` of the (seed, split) stream, a pure function of its arguments.
 
   Returns a dict: 'image' (S, S, 3) uint8, 'label' int in [0, NUM_CLASSES), 'object_mask' (S, S) bool,
   'part_mask' (S, S) int32 with 0 = background and the other values from CLASS_PARTS[label].
+
+  ``appearance`` > 0 re-renders the same object (class, part geometry, pose, so the same masks) with its own
+  background, clutter, part colours and textures; 0 is the stream's own rendering.
   """
   _check_config(image_size, seed, split)
   index = operator.index(index)
   if index < 0:
     raise IndexError(f'example index must be non-negative; got {index}')
-  rng = np.random.default_rng([_STREAM_TAG, int(seed), SPLITS.index(split), index])
+  appearance = operator.index(appearance)
+  if appearance < 0:
+    raise ValueError(f'appearance must be non-negative; got {appearance}')
+  stream = [_STREAM_TAG, int(seed), SPLITS.index(split), index]
+  rng = np.random.default_rng(stream)
   size = int(image_size)
 
   label = int(rng.integers(NUM_CLASSES))
   parts = _CLASSES[label][2](rng)
   transform = _place(rng, parts, size)
+  if appearance:  # everything below is appearance: draw it from a stream of its own
+    rng = np.random.default_rng(stream + [appearance])
 
   # Background: a low-contrast texture over the whole image.
   bg_colour = rng.uniform(0.0, 255.0, 3)
@@ -585,7 +595,8 @@ class PartWholeDataset:
   independent of access order. Only plain attributes are stored, so the dataset pickles to a few bytes.
   """
 
-  def __init__(self, num_examples: int, image_size: int = 224, seed: int = 0, split: str = 'train'):
+  def __init__(self, num_examples: int, image_size: int = 224, seed: int = 0, split: str = 'train',
+               second_rendering: bool = False):
     _check_config(image_size, seed, split)
     num_examples = operator.index(num_examples)
     if num_examples < 0:
@@ -594,6 +605,9 @@ class PartWholeDataset:
     self.image_size = int(image_size)
     self.seed = int(seed)
     self.split = split
+    # With second_rendering, examples also hold 'image2': the same object re-rendered with another background,
+    # clutter and part colours (make_example's appearance=1). The MoCo demo takes its second view from it.
+    self.second_rendering = bool(second_rendering)
 
   def __len__(self) -> int:
     return self.num_examples
@@ -604,11 +618,15 @@ class PartWholeDataset:
       index += self.num_examples
     if not 0 <= index < self.num_examples:
       raise IndexError(f'index {index} out of range for {self.num_examples} examples')
-    return make_example(index, image_size=self.image_size, seed=self.seed, split=self.split)
+    example = make_example(index, image_size=self.image_size, seed=self.seed, split=self.split)
+    if self.second_rendering:
+      example['image2'] = make_example(index, image_size=self.image_size, seed=self.seed, split=self.split,
+                                       appearance=1)['image']
+    return example
 
   def __repr__(self) -> str:
     return (f'PartWholeDataset(num_examples={self.num_examples}, image_size={self.image_size}, '
-            f'seed={self.seed}, split={self.split!r})')
+            f'seed={self.seed}, split={self.split!r}, second_rendering={self.second_rendering})')
 
 
 # ----------------------------------------------------------------------------------------------------------

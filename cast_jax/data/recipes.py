@@ -54,17 +54,21 @@ MOCO_VIEW2 = ViewAugmentation(blur_prob=0.1, solarize_prob=0.2)
 @dataclasses.dataclass(frozen=True)
 class MoCoTwoViews:
   """example {'image': uint8 (H, W, 3), ...} -> 'view1', 'view2' float32 (S, S, 3) normalized,
-  'superpixels1', 'superpixels2' int32 (S, S), 'label' int32."""
+  'superpixels1', 'superpixels2' int32 (S, S), 'label' int32.
+
+  Both views are crops of 'image', as in the original, unless the example carries an 'image2' (another
+  rendering of the same scene, e.g. PartWorld's ``second_rendering``): then view 2 is cropped from that.
+  """
 
   superpixel_fn: SuperpixelFn
   view1: ViewAugmentation = MOCO_VIEW1
   view2: ViewAugmentation = MOCO_VIEW2
 
   def __call__(self, example: dict[str, Any], rng: np.random.Generator) -> dict[str, Any]:
-    img = Image.fromarray(example['image'])
+    images = {'1': example['image'], '2': example.get('image2', example['image'])}
     out = {'label': np.int32(example.get('label', -1))}
     for name, view in (('1', self.view1), ('2', self.view2)):
-      pixels = view(img, rng)
+      pixels = view(Image.fromarray(images[name]), rng)
       out['superpixels' + name] = self.superpixel_fn(pixels)
       out['view' + name] = augment.normalize(pixels)
     return out

@@ -35,7 +35,8 @@ def _source(settings: str, split: str):
   data = ml_collections.ConfigDict(json.loads(settings))
   if data.name == 'partworld':
     count = data.num_train_examples if split == 'train' else data.num_eval_examples
-    return partworld.PartWholeDataset(count, image_size=data.source_image_size, seed=data.seed, split=split)
+    return partworld.PartWholeDataset(count, image_size=data.source_image_size, seed=data.seed, split=split,
+                                      second_rendering=bool(data.get('second_rendering', False)))
   if data.name == 'folder':
     return sources.ImageFolderSource(f'{data.path}/{split}')
   if data.name == 'flat_folder':
