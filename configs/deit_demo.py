@@ -1,26 +1,47 @@
-r"""Supervised (DeiT recipe) training of the demo-sized CAST on PartWorld, on one CPU (about 9 minutes).
+r"""Supervised training of the demo-sized CAST on PartWorld with a plain recipe, on one CPU.
 
     python -m cast_jax.main --config=configs/deit_demo.py --workdir=/tmp/cast_deit_demo
+    # the ViT baseline with the same recipe and steps:
+    python -m cast_jax.main --config=configs/deit_demo.py --workdir=/tmp/vit_deit_demo --config.model.kind=vit_conv
 
-The demo's model, data and budget (8 epochs of 4096 images at 64 px) with the DeiT recipe: RandAugment,
-random erasing, mixup/cutmix, label smoothing, repeated augmentation, drop path 0.1, AdamW, per-epoch cosine.
-The weight EMA decays faster (0.998) than the original's 0.99996, which is meant for 375k steps.
+The demo's model and data (64 px PartWorld, 4096 training images) trained for 16 epochs (1024 steps of 64) with
+AdamW 2e-3, one warm-up epoch and a cosine: random resized crop (area 0.35-1) and flip, nothing else. The
+original's ImageNet regularisation (RandAugment, random erasing, mixup/cutmix, label smoothing, repeated
+augmentation, drop path, the scheduler's off-by-one) is switched off here; each is a config field, and
+``configs/deit_cast_s.py`` keeps them all on. README "Results on the built-in dataset" has what this reaches and
+how much of that regularisation the budget tolerates.
 """
 
 from cast_jax.train.config_lib import finalize, supervised_defaults, use_demo_model_and_data
 
 
+def plain_recipe(c):
+  """Every regulariser of the DeiT recipe off: what a 1024-step schedule on 4096 images wants."""
+  c.model.update(drop_path_rate=0.0, pool_dropout=0.0, fusion_dropout=0.0)
+  c.data.crop_scale = (0.35, 1.0)
+  c.randaugment = False
+  c.random_erasing = 0.0
+  c.mixup_alpha = 0.0
+  c.cutmix_alpha = 0.0
+  c.mix_prob = 0.0
+  c.label_smoothing = 0.0
+  c.repeated_augmentation = 1
+  c.lr_original_off_by_one = False
+  c.lr_schedule = 'warmup_cosine'  # per step: a per-epoch warm-up would spend a whole epoch at 1e-6
+  return c
+
+
 def get_config(arg=None):
-  # (crop_scale is unused here: the DeiT recipe crops with timm's own scale range.)
-  c = use_demo_model_and_data(supervised_defaults(), superpixels='deit')
+  c = plain_recipe(use_demo_model_and_data(supervised_defaults(), superpixels='deit'))
   c.model.kind = 'cast_deit'
   c.batch_size = 64
-  c.num_epochs = 8
+  c.num_epochs = 16
   c.warmup_epochs = 1
-  c.base_lr = 4e-3  # x 64/512 = 5e-4
+  c.base_lr = 1.6e-2  # x 64/512 = 2e-3
+  c.weight_decay = 0.05
   c.ema_decay = 0.998
-  c.log_every_steps = 20
-  c.checkpoint_every_steps = 200
+  c.log_every_steps = 32
+  c.checkpoint_every_steps = 256
   c.keep_checkpoints = 2
   c.eval_every_steps = 256
   c.knn.enabled = True

@@ -386,3 +386,15 @@ def test_make_train_dataset_end_to_end_and_resumable():
   got = next(resumed)
   for key in expected:
     np.testing.assert_array_equal(got[key], expected[key])
+
+
+def test_supervised_crop_scale_is_configurable():
+  """crop_scale=(1, 1) on a square image keeps the whole image: the crop is only a resize (and maybe a flip)."""
+  image = (np.arange(96 * 96 * 3) % 251).astype(np.uint8).reshape(96, 96, 3)
+  recipe = supervised.SupervisedTrain(lambda pixels: np.zeros(pixels.shape[:2], np.int32), size=64, randaugment=None,
+                           erasing_prob=0.0, crop_scale=(1.0, 1.0))
+  resized = np.asarray(Image.fromarray(image).resize((64, 64), Image.BICUBIC), np.uint8)
+  for seed in range(4):
+    out = recipe({'image': image, 'label': 1}, np.random.default_rng(seed))
+    pixels = np.round((out['image'] * augment.IMAGENET_STD + augment.IMAGENET_MEAN) * 255).astype(np.uint8)
+    assert np.array_equal(pixels, resized) or np.array_equal(pixels, resized[:, ::-1])

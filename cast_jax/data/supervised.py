@@ -103,16 +103,18 @@ class SupervisedTrain:
   'image' float32 (S, S, 3) normalized, 'superpixels' int32 (S, S), 'label' int32.
 
   Superpixels come from ``seeds_input`` of the final (erased) image, as in the original (spec §2.2).
-  ``randaugment=None`` or ``erasing_prob=0`` switch those stages off (tests, ablations).
+  ``randaugment=None`` or ``erasing_prob=0`` switch those stages off (tests, ablations); ``crop_scale`` is the
+  RandomResizedCrop area range.
   """
 
   superpixel_fn: SuperpixelFn
   size: int = 224
   randaugment: Optional[RandAugment] = RandAugment()
   erasing_prob: float = 0.25
+  crop_scale: tuple[float, float] = (0.08, 1.0)  # timm's default; small images want a larger lower bound
 
   def __call__(self, example: dict[str, Any], rng: np.random.Generator) -> dict[str, Any]:
-    img = random_resized_crop_bicubic(Image.fromarray(example['image']), self.size, rng)
+    img = random_resized_crop_bicubic(Image.fromarray(example['image']), self.size, rng, scale=self.crop_scale)
     if rng.random() < 0.5:  # torchvision RandomHorizontalFlip: flip when rand < p
       img = augment.hflip(img)
     if self.randaugment is not None:
@@ -160,7 +162,8 @@ def cutmix_box(height: int, width: int, lam: float,
 
 def sample_mix(rng: np.random.Generator, mixup_alpha=0.8, cutmix_alpha=1.0, switch_prob=0.5,
                prob=1.0) -> tuple[float, bool]:
-  """timm ``Mixup._params_per_batch``: (lam, use_cutmix); lam = 1 means no mixing this batch."""
+  """timm ``Mixup._params_per_batch``: (lam, use_cutmix); lam = 1 means no mixing this batch (also when both
+  alphas are 0, DeiT's ``mixup_active=False``)."""
   if not rng.random() < prob:
     return 1.0, False
   if mixup_alpha > 0 and cutmix_alpha > 0:
@@ -171,7 +174,7 @@ def sample_mix(rng: np.random.Generator, mixup_alpha=0.8, cutmix_alpha=1.0, swit
     return float(rng.beta(mixup_alpha, mixup_alpha)), False
   if cutmix_alpha > 0:
     return float(rng.beta(cutmix_alpha, cutmix_alpha)), True
-  raise ValueError('mixing needs mixup_alpha > 0 or cutmix_alpha > 0')
+  return 1.0, False  # both off: DeiT builds no Mixup at all, so the batch keeps its (smoothed) labels
 
 
 def mix_batch(batch: dict[str, np.ndarray], rng: np.random.Generator, num_classes: int, mixup_alpha=0.8,

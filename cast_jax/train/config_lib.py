@@ -31,7 +31,7 @@ def moco_defaults() -> ml_collections.ConfigDict:
       image_size=224, crop_scale=(0.08, 1.0), eval_resize_ratio=256 / 224, superpixels='moco',
       superpixel_overrides={}, num_workers=8, read_threads=ml_collections.FieldReference(None, field_type=int),
       # Only for the built-in 'partworld' dataset:
-      num_train_examples=0, num_eval_examples=0, source_image_size=224, seed=0))
+      num_train_examples=0, num_eval_examples=0, source_image_size=224, seed=0, second_rendering=False))
   c.batch_size = 256  # global, over all devices and processes
   c.num_epochs = 100
   c.warmup_epochs = 10
@@ -67,12 +67,17 @@ def supervised_defaults() -> ml_collections.ConfigDict:
   c.warmup_epochs = 5
   c.base_lr = 5e-4  # the learning rate is base_lr * batch_size / 512
   c.weight_decay = 0.05
+  c.data.crop_scale = (0.08, 1.0)  # RandomResizedCrop's area range (timm's default)
   c.label_smoothing = 0.1
+  c.mixup_alpha = 0.8  # batch mixup Beta(a, a); 0 turns mixup off
+  c.cutmix_alpha = 1.0  # batch cutmix Beta(a, a); 0 turns cutmix off
+  c.mix_prob = 1.0  # probability that a batch is mixed at all (0: plain labels, smoothed)
   c.randaugment = True
   c.random_erasing = 0.25
   c.repeated_augmentation = 3
   c.ema_decay = 0.99996
   c.evaluate_ema = True
+  c.lr_schedule = 'deit_epoch'  # timm's per-epoch cosine; 'warmup_cosine': per-step linear warm-up + cosine
   c.lr_original_off_by_one = True  # epoch e trains with sched(e - 1), as the published models did
   c.knn.enabled = False
   return c

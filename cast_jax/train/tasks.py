@@ -49,8 +49,14 @@ def supervised_task(config, spec: ModelSpec, model, params, lengths) -> Task:
   config.lr_original_off_by_one is False), decay except 1-D / bias / pos_embed / cls_token, weight EMA."""
   steps_per_epoch, total_steps, _ = lengths
   total_epochs = max(total_steps // steps_per_epoch, 1)
-  lr_fn = schedules.deit_epoch_lr(config.base_lr * config.batch_size / 512, config.warmup_epochs, total_epochs,
-                                  steps_per_epoch, original_off_by_one=config.lr_original_off_by_one)
+  peak_lr = config.base_lr * config.batch_size / 512
+  if config.get('lr_schedule', 'deit_epoch') == 'deit_epoch':
+    lr_fn = schedules.deit_epoch_lr(peak_lr, config.warmup_epochs, total_epochs, steps_per_epoch,
+                                    original_off_by_one=config.lr_original_off_by_one)
+  elif config.lr_schedule == 'warmup_cosine':  # per step: short schedules lose no epoch at the warm-up rate
+    lr_fn = schedules.warmup_cosine(peak_lr, lengths[2], total_steps)
+  else:
+    raise ValueError(f"unknown lr_schedule {config.lr_schedule!r}; choose 'deit_epoch' or 'warmup_cosine'")
   labels = optim.trainable_labels(spec, params)
   optimizer = optim.adamw(lr_fn, labels, config.weight_decay, optim.decay_matrices)
   objective = SupervisedObjective(model=model, optimizer=optimizer, num_classes=spec.num_classes,
@@ -60,7 +66,7 @@ def supervised_task(config, spec: ModelSpec, model, params, lengths) -> Task:
 
   def make_iterator(local_batch, index, count):
     recipe = supervised_data.SupervisedTrain(inputs.superpixel_fn(data), size=data.image_size,
-                                             erasing_prob=config.random_erasing)
+                                             erasing_prob=config.random_erasing, crop_scale=tuple(data.crop_scale))
     if not config.randaugment:
       recipe = dataclasses.replace(recipe, randaugment=None)
     source = inputs.make_source(data, data.train_split)
@@ -69,7 +75,8 @@ def supervised_task(config, spec: ModelSpec, model, params, lengths) -> Task:
         source, recipe, spec.num_classes, per_replica_batch=local_batch, ranks=(index,), num_replicas=count,
         seed=config.seed, num_workers=data.num_workers, repeats=config.repeated_augmentation,
         round_to=min(256, local_batch * count), read_threads=data.get('read_threads'),
-        label_smoothing=config.label_smoothing)
+        label_smoothing=config.label_smoothing, mixup_alpha=config.mixup_alpha, cutmix_alpha=config.cutmix_alpha,
+        prob=config.mix_prob)
     return iter(dataset)
 
   return Task(objective, ('image', 'superpixels', 'targets'), make_iterator, classifier=True,
