@@ -120,7 +120,7 @@ def load(fresh: Mapping[str, Any], checkpoint: Mapping[str, Any], *, dont_load: 
   for name, value in merged.items():
     collection, *path = name.split('/')
     out.setdefault(collection, {})[tuple(path)] = value
-  return {collection: unflatten(tree) for collection, tree in out.items()}, kept
+  return {collection: unflatten(tree) for collection, tree in out.items()}, sorted(kept)
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -219,6 +219,16 @@ class StartRules:
     if self.moco is not None and source.moco != self.moco:
       raise ValueError(f'{path} is {"a" if source.moco else "not a"} MoCo checkpoint; this model starts from '
                        f'{"MoCo" if self.moco else "non-MoCo"} {"/".join(self.kinds)} checkpoints')
+
+
+def choose_rules(rules: Sequence[StartRules], source: ModelSpec, path: str = 'the checkpoint') -> StartRules:
+  """The first of ``rules`` that accepts a ``source`` checkpoint's kind; an error listing every accepted kind."""
+  for candidate in rules:
+    if source.kind in candidate.kinds:
+      return candidate
+  accepted = ', '.join(f'{"/".join(r.kinds)} ({r.why})' if r.why else '/'.join(r.kinds) for r in rules)
+  raise ValueError(f'{path} holds a {source.kind} model; this model starts from: {accepted}. Use such a '
+                   'checkpoint, or set --config.model.kind (and its size) to match the checkpoint.')
 
 
 def encoder_only(spec: ModelSpec, variables) -> tuple[ModelSpec, dict[str, Any]]:

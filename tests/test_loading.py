@@ -159,7 +159,7 @@ def test_start_rules_check_the_checkpoint_kind_and_take_a_moco_encoder():
             for c, t in _tree(1).items()}
   rules = loading.StartRules(kinds=('cast',), moco=True, dont_load=('params/head/.*',))
   out, kept = loading.start_from(fresh, target, source, loaded, rules)
-  assert kept == ['params/head/kernel', 'params/head/bias']
+  assert kept == ['params/head/bias', 'params/head/kernel']
   np.testing.assert_array_equal(out['params']['pos_embed'], loaded['params']['encoder']['pos_embed'])
   with pytest.raises(ValueError, match='holds a cast_deit model; this model starts from cast checkpoints'):
     loading.start_from(fresh, target, ModelSpec(kind='cast_deit'), loaded, rules)

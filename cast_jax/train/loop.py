@@ -19,7 +19,7 @@ import ml_collections
 
 from cast_jax.data.pipeline import summarize_skips
 from cast_jax.models.variants import ModelSpec, build_model, compute_dtype
-from cast_jax.train import checkpoint, evaluation, init_from, inputs, optim, sharding, tasks
+from cast_jax.train import checkpoint, evaluation, inputs, optim, sharding, tasks
 from cast_jax.train.metric_writer import MetricWriter, format_progress
 
 # Compiling with these options is several times faster on CPU (the program is the same, its machine code
@@ -42,28 +42,15 @@ def _jit(fn, config, **kwargs):
 
 
 def initial_variables(config, spec: ModelSpec, model) -> dict[str, Any]:
-  """A fresh initialisation (seeded), overlaid with ``config.init_checkpoint`` (a converted .npz or a workdir)
-  when set; the linear probe requires one and gets MoCo-v3's head initialisation."""
+  """A fresh initialisation (seeded), overlaid with ``config.init_checkpoint`` as the trainer's task declares
+  (``tasks.starting_variables``: accepted checkpoint kinds, leaves kept fresh, strict otherwise)."""
   size = spec.image_size
   images = jnp.zeros((2, size, size, 3), jnp.float32)
   superpixels = jnp.broadcast_to(jnp.arange(size * size, dtype=jnp.int32).reshape(size, size) % 8,
                                  (2, size, size))
   init = _jit(lambda rng: model.init({'params': rng, 'dropout': rng}, images, superpixels), config)
   fresh = jax.device_get(init(jax.random.PRNGKey(config.seed)))
-  if not config.init_checkpoint:
-    if config.trainer == 'linear_probe':
-      raise ValueError('the linear probe needs --config.init_checkpoint=CKPT (a converted .npz or a workdir)')
-    return fresh
-  source_spec, loaded = init_from.load_variables(config.init_checkpoint)
-  if source_spec.kind != spec.kind:
-    raise ValueError(f'{config.init_checkpoint} holds a {source_spec.kind} model; the config trains '
-                     f'{spec.kind}. Set --config.model.kind={source_spec.kind} (and its size) to match.')
-  variables, kept = init_from.adapt(loaded, source_spec, fresh)
-  if config.trainer == 'linear_probe':
-    variables = init_from.probe_head_init(variables, config.seed)
-  if kept and jax.process_index() == 0:
-    print(f'initialised from {config.init_checkpoint}; kept fresh: {kept}', flush=True)
-  return variables
+  return tasks.starting_variables(config, spec, fresh)
 
 
 def _schedule_lengths(config, train_size: int) -> tuple[int, int, int]:

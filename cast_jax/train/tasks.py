@@ -8,7 +8,10 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Callable, Iterator
 
+import jax
+import numpy as np
 
+from cast_jax import loading
 from cast_jax.data import recipes, supervised as supervised_data
 from cast_jax.models.variants import ModelSpec
 from cast_jax.train import inputs, optim, schedules
@@ -94,6 +97,52 @@ def linear_probe_task(config, spec: ModelSpec, model, params, lengths) -> Task:
 
   return Task(objective, ('image', 'superpixels', 'label'), make_iterator, classifier=True,
               trainable_labels=labels)
+
+
+def probe_head_init(variables, seed: int = 0):
+  """MoCo-v3's probe head (``main_lincls``): weight N(0, 0.01), bias 0."""
+  head = variables['params']['head']
+  rng = np.random.default_rng(seed)
+  head = {'kernel': (0.01 * rng.standard_normal(np.shape(head['kernel']))).astype(np.float32),
+          'bias': np.zeros(np.shape(head['bias']), np.float32)}
+  return dict(variables, params=dict(variables['params'], head=head))
+
+
+def start_rules(config, spec: ModelSpec) -> tuple[tuple[loading.StartRules, ...], bool]:
+  """(the checkpoints this trainer may start ``spec`` from, whether it needs one).
+
+  moco: a MoCo checkpoint of the same kind, every leaf (encoder, projector, predictor). supervised: a non-MoCo
+  checkpoint of the same kind, every leaf. linear_probe: the same kind, MoCo (its query encoder) or not; the
+  ``head`` stays fresh with MoCo-v3's N(0, 0.01). Every trainer also accepts the original's cross-kind starts
+  into its model kind (``loading.CROSS_KIND``: cast_deit -> cast_seg_deit, cast_seg_pretrain -> cast_seg).
+  """
+  cross = tuple(make() for (_, target), make in loading.CROSS_KIND.items() if target == spec.kind)
+  if config.trainer == 'moco':
+    return (loading.StartRules(kinds=(spec.kind,), moco=True, why='MoCo continues from a MoCo model'),) + cross, False
+  if config.trainer == 'linear_probe':
+    probe = loading.StartRules(kinds=(spec.kind,), dont_load=('params/head/.*',), reinit=probe_head_init,
+                               why='the probe trains a new head on a frozen encoder')
+    return (probe,), True
+  return (loading.StartRules(kinds=(spec.kind,), moco=False, why='fine-tuning a model of the same kind'),) + cross, \
+      False
+
+
+def starting_variables(config, spec: ModelSpec, fresh) -> dict[str, Any]:
+  """``fresh`` (the model's seeded initialisation), overlaid with ``config.init_checkpoint`` (a converted .npz or
+  a workdir) under the trainer's ``start_rules``. Raises naming every leaf that does not fit."""
+  rules, required = start_rules(config, spec)
+  if not config.init_checkpoint:
+    if required:
+      raise ValueError(f'the {config.trainer} trainer needs --config.init_checkpoint=CKPT (a converted .npz or a '
+                       f'workdir) of a {" or ".join(k for r in rules for k in r.kinds)} model')
+    return fresh
+  source, loaded = loading.load_variables(config.init_checkpoint)
+  chosen = loading.choose_rules(rules, source, str(config.init_checkpoint))
+  variables, kept = loading.start_from(fresh, spec, source, loaded, chosen, seed=config.seed,
+                                       path=str(config.init_checkpoint))
+  if jax.process_index() == 0:
+    print(f'initialised from {config.init_checkpoint}; kept fresh: {kept}', flush=True)
+  return variables
 
 
 TASKS = {'moco': moco_task, 'supervised': supervised_task, 'linear_probe': linear_probe_task}
