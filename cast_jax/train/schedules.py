@@ -153,8 +153,9 @@ def polynomial(base_lr: float, total_steps: int, power: float = 0.9, min_lr: flo
 
   def schedule(step):
     xp, dtype = (np, np.float64) if _on_host(step) else (jnp, jnp.float32)
-    progress = xp.clip(xp.asarray(step, dtype) / total_steps, 0.0, 1.0)
-    return (base_lr - min_lr) * (1.0 - progress) ** power + min_lr
+    # (total - step) / total, not 1 - step / total: exact integers in float32 keep the end of the run precise.
+    remaining = xp.clip((total_steps - xp.asarray(step, dtype)) / total_steps, 0.0, 1.0)
+    return (base_lr - min_lr) * remaining ** power + min_lr
 
   return schedule
 
@@ -170,7 +171,7 @@ def spml_lr_poly(base_lr: float, max_iteration: int, warmup_iteration: int = 0, 
   def schedule(step):
     xp, dtype = (np, np.float64) if _on_host(step) else (jnp, jnp.float32)
     it = xp.asarray(step, dtype)
-    poly = base_lr * xp.clip(1.0 - it / max_iteration, 0.0, 1.0) ** power
+    poly = base_lr * xp.clip((max_iteration - it) / max_iteration, 0.0, 1.0) ** power
     if warmup_iteration == 0:
       return poly
     frac = it / warmup_iteration

@@ -1,4 +1,7 @@
-"""SPML's optimizer against the original's two recorded updates (segmentation/<kind == 'spml'>/train_steps.npz).
+"""The segmentation optimizers against the original's two recorded updates (segmentation/*/train_steps.npz).
+
+The Segmenter (``kind == 'segmenter'``): torch SGD, momentum 0.9, Nesterov, no decay, on the polynomial schedule.
+SPML (``kind == 'spml'``):
 
 The original's gradients (``grad1``/``grad2``, read before its step) are fed to ``optim.spml_sgd_groups`` with the
 ``lr_poly`` warm-up schedule; every parameter stored in full must come out as the original's ``after`` (1e-5
@@ -26,12 +29,13 @@ from conftest import fast_jit, golden_dir, require_golden
 BACKBONE, CLASSIFIER = 'embedding_model.vit_backbone.', 'prediction_model.'
 
 
-def _spml_folders():
+def _folders(kind: str):
   root = golden_dir() / 'segmentation'
   if not root.is_dir():
     return []
   return sorted(p for p in root.iterdir()
-                if (p / 'meta.json').is_file() and json.loads((p / 'meta.json').read_text())['kind'] == 'spml')
+                if (p / 'meta.json').is_file() and json.loads((p / 'meta.json').read_text())['kind'] == kind
+                and (p / 'train_steps.npz').is_file())
 
 
 def _flax_name(key: str, value, spec: ModelSpec):
@@ -47,12 +51,61 @@ def _flax_name(key: str, value, spec: ModelSpec):
   return '/'.join(prefix + mapped[1])
 
 
-def _folders_or_skip():
+def _folders_or_skip(kind: str = 'spml'):
   require_golden()
-  folders = _spml_folders()
+  folders = _folders(kind)
   if not folders:
-    pytest.skip(f'no segmentation/ folder with kind "spml" under {golden_dir()}')
+    pytest.skip(f'no segmentation/ folder with kind "{kind}" and train_steps.npz under {golden_dir()}')
   return folders
+
+
+def _full(steps, layout, key, array: str):
+  entry = layout[key]
+  return steps[array][entry['offset']:entry['offset'] + entry['size']].reshape(entry['shape'])
+
+
+def test_segmenter_nesterov_sgd_on_the_polynomial_reproduces_the_originals_two_updates():
+  for folder in _folders_or_skip('segmenter'):
+    train = json.loads((folder / 'meta.json').read_text())['train']
+    steps = np.load(folder / 'train_steps.npz')
+    layout = json.loads(str(steps['layout']))
+    lr_fn = schedules.polynomial(train['lr0'], train['iter_max'], train['power'], train['min_lr'])
+    assert train['iter_warmup'] == 0 and train['steps'] == 2
+    np.testing.assert_allclose([lr_fn(0), lr_fn(1)], steps['lr'], rtol=1e-12)  # host: float64, as the original
+    np.testing.assert_allclose(float(jax.jit(lr_fn)(jnp.int32(1))), steps['lr'][1], rtol=1e-6)
+
+    model = load_torch_checkpoint(folder / 'checkpoint.pth')['model']
+    full = [k for k, e in layout.items() if e['mode'] == 'full' and not k.endswith(('running_mean', 'running_var'))]
+    params = {k: np.asarray(model[k], np.float32) for k in full}
+    grads = [{k: _full(steps, layout, k, g) for k in full} for g in ('grad1', 'grad2')]
+    # Parameters without a gradient (the encoder's unused norm/head) are recorded as unchanged, not in full.
+    assert len(full) >= 100 and not set(full) & set(train['params_without_grad'])
+    assert not any(np.isnan(g[k]).any() for g in grads for k in full)
+    trainable = {k: True for k in full}
+    labels = {k: 'all' for k in full}
+    optimizer = optim.sgd_groups(lr_fn, {'all': optim.Group(1.0, 0.0)}, labels, trainable, momentum=0.9,
+                                 nesterov=True)
+    after = jax.device_get(_two_updates(optimizer, params, *grads))
+    for key in full:
+      want = _full(steps, layout, key, 'after')
+      err = float(np.abs(after[key] - want).max())
+      assert err <= 1e-5, f'{folder.name} {key}: {err:.3g}'
+    # Without Nesterov the same gradients give visibly different weights: the test can tell them apart.
+    plain = optim.sgd_groups(lr_fn, {'all': optim.Group(1.0, 0.0)}, labels, trainable, momentum=0.9)
+    other = jax.device_get(_two_updates(plain, params, *grads))
+    assert max(float(np.abs(other[k] - _full(steps, layout, k, 'after')).max()) for k in full) > 1e-4
+
+
+def _two_updates(optimizer, params, g1, g2):
+  @fast_jit
+  def run(params, g1, g2):
+    state = optimizer.init(params)
+    for g in (g1, g2):
+      updates, state = optimizer.update(g, state, params)
+      params = jax.tree_util.tree_map(jnp.add, params, updates)
+    return params
+
+  return run(params, g1, g2)
 
 
 def test_spml_lr_poly_with_warmup_matches_the_recorded_rates():
@@ -115,15 +168,7 @@ def test_spml_sgd_groups_reproduce_the_originals_two_updates():
           out[name] = np.zeros_like(params[name])
       return out
 
-    @fast_jit
-    def two_steps(params, g1, g2):
-      state = optimizer.init(params)
-      updates, state = optimizer.update(g1, state, params)
-      params = jax.tree_util.tree_map(jnp.add, params, updates)
-      updates, state = optimizer.update(g2, state, params)
-      return jax.tree_util.tree_map(jnp.add, params, updates)
-
-    after = jax.device_get(two_steps(params, grads('grad1'), grads('grad2')))
+    after = jax.device_get(_two_updates(optimizer, params, grads('grad1'), grads('grad2')))
     compared, moved = 0, set()
     for key, name in names.items():
       entry = layout.get(key)
