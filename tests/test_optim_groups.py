@@ -126,6 +126,7 @@ def test_schedule_lengths_with_and_without_the_partial_last_batch():
   overridden = schedules.Schedule.from_lengths(100, 8, 5, 1, steps_per_epoch=6, total_steps=10)
   assert (overridden.steps_per_epoch, overridden.total_steps, overridden.warmup_steps) == (6, 10, 6)
   assert overridden.total_epochs == 1 and int(overridden.epoch(7)) == 1
+  assert tuple(overridden) == (6, 10, 6)  # unpacks like the former lengths tuple
   with pytest.raises(ValueError, match='cannot fill one batch of 8'):
     schedules.Schedule.from_lengths(5, 8, 1)
   assert schedules.Schedule.from_lengths(5, 8, 1, partial_last_batch=True).steps_per_epoch == 1

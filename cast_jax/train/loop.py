@@ -19,7 +19,7 @@ import ml_collections
 
 from cast_jax.data.pipeline import summarize_skips
 from cast_jax.models.variants import ModelSpec, build_model, compute_dtype
-from cast_jax.train import checkpoint, evaluation, inputs, optim, sharding, tasks
+from cast_jax.train import checkpoint, evaluation, inputs, optim, schedules, sharding, tasks
 from cast_jax.train.metric_writer import MetricWriter, format_progress
 
 # Compiling with these options is several times faster on CPU (the program is the same, its machine code
@@ -53,15 +53,6 @@ def initial_variables(config, spec: ModelSpec, model) -> dict[str, Any]:
   return tasks.starting_variables(config, spec, fresh)
 
 
-def _schedule_lengths(config, train_size: int) -> tuple[int, int, int]:
-  steps_per_epoch = config.steps_per_epoch if config.steps_per_epoch > 0 else train_size // config.batch_size
-  if steps_per_epoch <= 0:
-    raise ValueError(f'{train_size} training examples cannot fill one batch of {config.batch_size}')
-  total = config.total_steps if config.total_steps > 0 else config.num_epochs * steps_per_epoch
-  warmup = min(int(round(config.warmup_epochs * steps_per_epoch)), total)
-  return steps_per_epoch, total, warmup
-
-
 def _best_logged(workdir: pathlib.Path, key: str, up_to_step: int) -> float:
   """The largest ``key`` in metrics.jsonl at or before ``up_to_step``, so a resumed run keeps its best."""
   path, best = workdir / 'metrics.jsonl', 0.0
@@ -91,10 +82,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict[str, 
   model = build_model(spec, dtype)
 
   train_size = len(inputs.make_source(config.data, config.data.train_split))
-  lengths = _schedule_lengths(config, train_size)
-  steps_per_epoch, total_steps, _ = lengths
+  schedule = schedules.Schedule.from_config(config, train_size)
+  steps_per_epoch, total_steps = schedule.steps_per_epoch, schedule.total_steps
   variables = initial_variables(config, spec, model)
-  task = tasks.build_task(config, spec, model, variables['params'], lengths)
+  task = tasks.build_task(config, spec, model, variables['params'], schedule)
   objective = task.objective
 
   # The state is built on the devices with its final layout (FSDP-split where configured).

@@ -65,6 +65,10 @@ class Schedule:
                             partial_last_batch=bool(config.get('partial_last_batch', False)),
                             rounding=config.get('schedule_rounding', 'round'))
 
+  def __iter__(self):
+    """(steps_per_epoch, total_steps, warmup_steps): unpacks like the tuple that tasks used to receive."""
+    return iter((self.steps_per_epoch, self.total_steps, self.warmup_steps))
+
   @property
   def total_epochs(self) -> int:
     """Whole epochs in the run (at least 1): the per-epoch schedules' horizon."""

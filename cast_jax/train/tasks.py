@@ -33,9 +33,9 @@ class Task:
   trainable_labels: Any = None
 
 
-def moco_task(config, spec: ModelSpec, model, params, lengths) -> Task:
-  steps_per_epoch, total_steps, warmup_steps = lengths
-  lr_fn = schedules.warmup_cosine(config.base_lr * config.batch_size / 256, warmup_steps, total_steps)
+def moco_task(config, spec: ModelSpec, model, params, schedule: schedules.Schedule) -> Task:
+  total_steps = schedule.total_steps
+  lr_fn = schedules.warmup_cosine(config.base_lr * config.batch_size / 256, schedule.warmup_steps, total_steps)
   labels = optim.trainable_labels(spec, params)
   objective = MoCoObjective(model=model, optimizer=optim.adamw(lr_fn, labels, config.weight_decay, optim.decay_all),
                             momentum_fn=schedules.momentum_cosine(config.momentum, total_steps),
@@ -47,13 +47,12 @@ def moco_task(config, spec: ModelSpec, model, params, lengths) -> Task:
               trainable_labels=labels)
 
 
-def supervised_task(config, spec: ModelSpec, model, params, lengths) -> Task:
+def supervised_task(config, spec: ModelSpec, model, params, schedule: schedules.Schedule) -> Task:
   """DeiT: lr = base_lr x batch / 512, per-epoch cosine with warmup (the original's off-by-one kept unless
   config.lr_original_off_by_one is False), decay except 1-D / bias / pos_embed / cls_token, weight EMA."""
-  steps_per_epoch, total_steps, _ = lengths
-  total_epochs = max(total_steps // steps_per_epoch, 1)
-  lr_fn = schedules.deit_epoch_lr(config.base_lr * config.batch_size / 512, config.warmup_epochs, total_epochs,
-                                  steps_per_epoch, original_off_by_one=config.lr_original_off_by_one)
+  lr_fn = schedules.deit_epoch_lr(config.base_lr * config.batch_size / 512, config.warmup_epochs,
+                                  schedule.total_epochs, schedule.steps_per_epoch,
+                                  original_off_by_one=config.lr_original_off_by_one)
   labels = optim.trainable_labels(spec, params)
   optimizer = optim.adamw(lr_fn, labels, config.weight_decay, optim.decay_matrices)
   objective = SupervisedObjective(model=model, optimizer=optimizer, num_classes=spec.num_classes,
@@ -79,12 +78,11 @@ def supervised_task(config, spec: ModelSpec, model, params, lengths) -> Task:
               trainable_labels=labels)
 
 
-def linear_probe_task(config, spec: ModelSpec, model, params, lengths) -> Task:
+def linear_probe_task(config, spec: ModelSpec, model, params, schedule: schedules.Schedule) -> Task:
   """MoCo-v3 ``main_lincls``: frozen backbone in inference mode, a linear head on the normalized cls feature,
   SGD momentum 0.9 without weight decay, lr = base_lr x batch / 256 on a per-epoch cosine."""
-  steps_per_epoch, total_steps, _ = lengths
-  lr_fn = schedules.epoch_cosine(config.base_lr * config.batch_size / 256, max(total_steps // steps_per_epoch, 1),
-                                 steps_per_epoch)
+  lr_fn = schedules.epoch_cosine(config.base_lr * config.batch_size / 256, schedule.total_epochs,
+                                 schedule.steps_per_epoch)
   labels = optim.head_only_labels(params)
   objective = SupervisedObjective(model=model, optimizer=optim.sgd(lr_fn, labels, momentum=0.9),
                                   num_classes=spec.num_classes, label_smoothing=0.0, trainable_labels=labels,
@@ -148,7 +146,10 @@ def starting_variables(config, spec: ModelSpec, fresh) -> dict[str, Any]:
 TASKS = {'moco': moco_task, 'supervised': supervised_task, 'linear_probe': linear_probe_task}
 
 
-def build_task(config, spec, model, params, lengths) -> Task:
+def build_task(config, spec, model, params, schedule: schedules.Schedule) -> Task:
+  """The trainer's task; ``schedule``: the run's lengths (steps per epoch, total, warm-up)."""
   if config.trainer not in TASKS:
     raise ValueError(f'unknown trainer {config.trainer!r}; choose one of {sorted(TASKS)}')
-  return TASKS[config.trainer](config, spec, model, params, lengths)
+  if not isinstance(schedule, schedules.Schedule):  # the former (steps_per_epoch, total, warmup) tuple
+    schedule = schedules.Schedule(*schedule)
+  return TASKS[config.trainer](config, spec, model, params, schedule)
