@@ -143,6 +143,8 @@ def starting_variables(config, spec: ModelSpec, fresh) -> dict[str, Any]:
   return variables
 
 
+# Trainers whose original drops each epoch's short last batch (their objectives take no ``mask``).
+DROP_LAST = ('moco', 'supervised', 'linear_probe')
 TASKS = {'moco': moco_task, 'supervised': supervised_task, 'linear_probe': linear_probe_task}
 
 
@@ -152,4 +154,7 @@ def build_task(config, spec, model, params, schedule: schedules.Schedule) -> Tas
     raise ValueError(f'unknown trainer {config.trainer!r}; choose one of {sorted(TASKS)}')
   if not isinstance(schedule, schedules.Schedule):  # the former (steps_per_epoch, total, warmup) tuple
     schedule = schedules.Schedule(*schedule)
+  if schedule.partial_last_batch and config.trainer in DROP_LAST:
+    raise ValueError(f'the {config.trainer} trainer drops the short last batch of an epoch, as its original '
+                     '(drop_last=True); unset config.partial_last_batch')
   return TASKS[config.trainer](config, spec, model, params, schedule)
