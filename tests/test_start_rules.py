@@ -92,3 +92,24 @@ def test_a_supervised_model_takes_its_own_kind_and_the_segmenter_takes_deit(tmp_
   assert rules[1].dont_load == ('(params|batch_stats)/block_fusion/.*',)
   rules, _ = tasks.start_rules(_config('supervised'), ModelSpec(kind='cast_seg'))
   assert [r.kinds for r in rules] == [('cast_seg',), ('cast_seg_pretrain',)] and rules[1].moco
+
+
+def test_evaluation_adapt_drops_or_keeps_only_a_head(tmp_path):
+  """``init_from.adapt`` (the evaluate command): the encoder must fit exactly; a head the model lacks is dropped,
+  one the checkpoint lacks stays fresh."""
+  from cast_jax.train import init_from  # pylint: disable=import-outside-toplevel
+
+  deit_spec = ModelSpec(kind='cast_deit', num_classes=8, **{k: v for k, v in TINY.items() if k != 'kind'})
+  _, deit = _checkpoint(tmp_path, deit_spec)
+  features = deit_spec.replace(num_classes=0)
+  out, kept = init_from.adapt(deit, deit_spec, _variables(features, seed=2))
+  assert kept == [] and 'head' not in out['params']
+  np.testing.assert_array_equal(out['params']['cls_token'], deit['params']['cls_token'])
+  moco_spec = ModelSpec(moco=True, **TINY)
+  _, moco = _checkpoint(tmp_path, moco_spec)
+  out, kept = init_from.adapt(moco, moco_spec, _variables(ModelSpec(num_classes=8, **TINY), seed=2))
+  assert kept == ['params/head/bias', 'params/head/kernel']
+  with pytest.raises(loading.LoadError) as info:  # a sin-cos MoCo encoder is not a learned-table DeiT one
+    init_from.adapt(moco, moco_spec, _variables(ModelSpec(**dict(TINY, kind='cast_deit')), seed=2))
+  assert info.value.unexpected == ['params/pe_token (1, 1, 24)']
+  assert info.value.misshaped == ['params/pos_embed: checkpoint (1, 64, 24), model (1, 65, 24)']
