@@ -158,3 +158,22 @@ def test_polynomial_and_spml_lr_poly():
   with pytest.raises(ValueError, match='max_iteration must be positive'):
     schedules.spml_lr_poly(0.01, 0)
   assert math.isclose(float(jax.jit(lr)(jnp.int32(2))), lr(2), rel_tol=1e-6)
+
+
+def test_the_schedule_object_fills_the_recipes_lengths():
+  schedule = schedules.Schedule.from_lengths(100, 8, 3, 1)  # 12 steps/epoch, 36 steps, 12 warm-up
+  pairs = [(schedule.warmup_cosine(0.1), schedules.warmup_cosine(0.1, 12, 36)),
+           (schedule.momentum_cosine(0.99), schedules.momentum_cosine(0.99, 36)),
+           (schedule.deit_epoch(0.1, 1), schedules.deit_epoch_lr(0.1, 1, 3, 12)),
+           (schedule.deit_epoch(0.1, 1, original_off_by_one=False),
+            schedules.deit_epoch_lr(0.1, 1, 3, 12, original_off_by_one=False)),
+           (schedule.epoch_cosine(0.1), schedules.epoch_cosine(0.1, 3, 12)),
+           (schedule.polynomial(0.1, 0.9, 1e-4), schedules.polynomial(0.1, 36, 0.9, 1e-4)),
+           (schedule.spml_poly(0.1), schedules.spml_lr_poly(0.1, 36, 12))]
+  for ours, reference in pairs:
+    steps = jnp.arange(37)
+    np.testing.assert_array_equal(np.asarray(ours(steps)), np.asarray(reference(steps)))
+  # The forms differ where they should: per step (warm-up cosine) versus constant within an epoch (DeiT).
+  deit = np.asarray(schedule.deit_epoch(0.1, 1)(jnp.arange(36)))
+  assert len(set(deit[12:24].tolist())) == 1 and len(set(np.asarray(schedule.warmup_cosine(0.1)(
+      jnp.arange(12, 24))).tolist())) == 12

@@ -78,6 +78,32 @@ class Schedule:
     """The (0-based) epoch a step belongs to."""
     return jnp.floor_divide(jnp.asarray(step), self.steps_per_epoch)
 
+  # The recipes' schedules over this run's lengths (the functions below, with the lengths filled in).
+
+  def warmup_cosine(self, base_lr: float):
+    """MoCo-v3: per step, linear warm-up over ``warmup_steps`` then a half cosine to 0."""
+    return warmup_cosine(base_lr, self.warmup_steps, self.total_steps)
+
+  def momentum_cosine(self, base_momentum: float):
+    return momentum_cosine(base_momentum, self.total_steps)
+
+  def deit_epoch(self, base_lr: float, warmup_epochs: int, original_off_by_one: bool = True, **kwargs):
+    """DeiT: per epoch, timm's cosine with warm-up (and the original's off-by-one unless disabled)."""
+    return deit_epoch_lr(base_lr, warmup_epochs, self.total_epochs, self.steps_per_epoch,
+                         original_off_by_one=original_off_by_one, **kwargs)
+
+  def epoch_cosine(self, base_lr: float):
+    """The linear probe: per epoch, a cosine to 0."""
+    return epoch_cosine(base_lr, self.total_epochs, self.steps_per_epoch)
+
+  def polynomial(self, base_lr: float, power: float = 0.9, min_lr: float = 0.0):
+    """The Segmenter: per step, ``(base - min)(1 - k / total_steps)^power + min`` (iter_max = total_steps)."""
+    return polynomial(base_lr, self.total_steps, power, min_lr)
+
+  def spml_poly(self, base_lr: float, power: float = 0.9):
+    """SPML: per step, ``lr_poly`` with ``warmup_steps`` of warm-up and max_iteration = total_steps."""
+    return spml_lr_poly(base_lr, self.total_steps, self.warmup_steps, power)
+
 
 def warmup_cosine(base_lr: float, warmup_steps: int, total_steps: int):
   """lr(step): linear from 0 (the very first step has lr 0, as in the original) to ``base_lr`` over

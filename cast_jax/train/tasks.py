@@ -34,11 +34,10 @@ class Task:
 
 
 def moco_task(config, spec: ModelSpec, model, params, schedule: schedules.Schedule) -> Task:
-  total_steps = schedule.total_steps
-  lr_fn = schedules.warmup_cosine(config.base_lr * config.batch_size / 256, schedule.warmup_steps, total_steps)
+  lr_fn = schedule.warmup_cosine(config.base_lr * config.batch_size / 256)
   labels = optim.trainable_labels(spec, params)
   objective = MoCoObjective(model=model, optimizer=optim.adamw(lr_fn, labels, config.weight_decay, optim.decay_all),
-                            momentum_fn=schedules.momentum_cosine(config.momentum, total_steps),
+                            momentum_fn=schedule.momentum_cosine(config.momentum),
                             temperature=config.temperature, learning_rate_fn=lr_fn)
   def make_iterator(local_batch, index, count):
     return inputs.moco_train_iterator(config.data, local_batch, config.seed, index, count, spec.uses_superpixels)
@@ -50,9 +49,8 @@ def moco_task(config, spec: ModelSpec, model, params, schedule: schedules.Schedu
 def supervised_task(config, spec: ModelSpec, model, params, schedule: schedules.Schedule) -> Task:
   """DeiT: lr = base_lr x batch / 512, per-epoch cosine with warmup (the original's off-by-one kept unless
   config.lr_original_off_by_one is False), decay except 1-D / bias / pos_embed / cls_token, weight EMA."""
-  lr_fn = schedules.deit_epoch_lr(config.base_lr * config.batch_size / 512, config.warmup_epochs,
-                                  schedule.total_epochs, schedule.steps_per_epoch,
-                                  original_off_by_one=config.lr_original_off_by_one)
+  lr_fn = schedule.deit_epoch(config.base_lr * config.batch_size / 512, config.warmup_epochs,
+                              original_off_by_one=config.lr_original_off_by_one)
   labels = optim.trainable_labels(spec, params)
   optimizer = optim.adamw(lr_fn, labels, config.weight_decay, optim.decay_matrices)
   objective = SupervisedObjective(model=model, optimizer=optimizer, num_classes=spec.num_classes,
@@ -81,8 +79,7 @@ def supervised_task(config, spec: ModelSpec, model, params, schedule: schedules.
 def linear_probe_task(config, spec: ModelSpec, model, params, schedule: schedules.Schedule) -> Task:
   """MoCo-v3 ``main_lincls``: frozen backbone in inference mode, a linear head on the normalized cls feature,
   SGD momentum 0.9 without weight decay, lr = base_lr x batch / 256 on a per-epoch cosine."""
-  lr_fn = schedules.epoch_cosine(config.base_lr * config.batch_size / 256, schedule.total_epochs,
-                                 schedule.steps_per_epoch)
+  lr_fn = schedule.epoch_cosine(config.base_lr * config.batch_size / 256)
   labels = optim.head_only_labels(params)
   objective = SupervisedObjective(model=model, optimizer=optim.sgd(lr_fn, labels, momentum=0.9),
                                   num_classes=spec.num_classes, label_smoothing=0.0, trainable_labels=labels,
