@@ -96,8 +96,9 @@ def test_moco_seg_checkpoint_refuses_a_segmentation_stage_of_another_width():
   with pytest.raises(loading.LoadError) as info:
     loading.start_from(_fresh(target), target, moco.spec, moco.variables, rules)
   message = str(info.value)
+  cells = moco.variables['params']['encoder']['pos_embed'].shape[1]
   assert f'mis-shaped: params/cls_token: checkpoint (1, 1, {wide // 2}), model (1, 1, {wide})' in message
-  assert f'params/pos_embed: checkpoint (1, 784, {wide // 2}), model (1, 4096, {wide}); cannot resample' in message
+  assert f'params/pos_embed: checkpoint (1, {cells}, {wide // 2}), model (1, 4096, {wide}); cannot resample' in message
   assert not info.value.missing and not info.value.unexpected
   assert len(info.value.misshaped) > 100  # every leaf of the wrong width, not only the first
 
