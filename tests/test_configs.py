@@ -10,7 +10,8 @@ import jax.numpy as jnp
 import pytest
 
 from cast_jax.models.variants import build_model
-from cast_jax.train.loop import _schedule_lengths, model_spec
+from cast_jax.train.loop import model_spec
+from cast_jax.train.schedules import Schedule
 from conftest import REPO_ROOT
 
 CONFIGS = sorted(p.stem for p in (REPO_ROOT / 'configs').glob('*.py'))
@@ -49,8 +50,7 @@ def test_config_builds(name):
   tiny = module.get_config('test')
   tiny_spec = model_spec(tiny)
   assert tiny_spec.kind == spec.kind
-  steps_per_epoch, total, warmup = _schedule_lengths(tiny, 64)
-  assert total <= 10
+  assert Schedule.from_config(tiny, 64).total_steps <= 10
   model = build_model(tiny_spec)
   size = tiny_spec.image_size
   shapes = jax.eval_shape(lambda x, s: model.init(jax.random.PRNGKey(0), x, s),

@@ -1,7 +1,7 @@
 """From a random-access source to batches: grain, deterministic per seed, resumable, robust to bad files.
 
-    source --ResilientDecode--> shuffle(seed) --> repeat --recipe (RandomMap)--> [shard by process] --> batch
-           --to_iter_dataset--> [mp_prefetch(workers)]
+    source --ResilientDecode--> shuffle(seed) --> [PadEpochToBatches] --> repeat --recipe (RandomMap)-->
+           [shard by process] --> batch --to_iter_dataset--> [mp_prefetch(workers)]
 
 * ``ResilientDecode`` turns each record's image into RGB uint8. An unusable record (corrupt or truncated
   file, unsupported array) is replaced by the next usable record in source order, and the element carries
@@ -85,6 +85,35 @@ class ProcessBatchShard(grain.MapDataset):
     return self._parent[block * self._local * self._count + self._index * self._local + row]
 
 
+class PadEpochToBatches(grain.MapDataset):
+  """Each epoch of ``parent`` (N records) padded to whole global batches: ceil(N / B) * B elements, the last
+  ceil(N / B) * B - N of them copies of the epoch's first record with ``mask`` False (True on real records).
+
+  PyTorch's ``drop_last=False``: an epoch ends with a short batch that counts as a step; here that batch has the
+  full static shape and its padding rows are masked out of the loss. Indices past the first epoch continue
+  into the parent's next epoch (a shuffled parent reshuffles there).
+  """
+
+  def __init__(self, parent: grain.MapDataset, global_batch: int):
+    super().__init__(parent)
+    self._size = len(parent)
+    self._padded = -(-self._size // global_batch) * global_batch
+
+  def __len__(self) -> int:
+    return self._padded
+
+  def __str__(self) -> str:
+    return f'PadEpochToBatches({self._size} -> {self._padded})'
+
+  def __getitem__(self, index):
+    if isinstance(index, slice):
+      return self.slice(index)
+    epoch, position = divmod(index, self._padded)
+    real = position < self._size
+    record = self._parent[epoch * self._size + (position if real else 0)]
+    return dict(record, mask=np.bool_(real))
+
+
 class ApplyRecipe(grain.transforms.RandomMap):
   """Runs a recipe with grain's per-element rng (deterministic for a given seed and position)."""
 
@@ -94,6 +123,8 @@ class ApplyRecipe(grain.transforms.RandomMap):
   def random_map(self, element, rng: np.random.Generator):
     out = self._recipe(element, rng)
     out['skipped'] = element.get('skipped', np.int32(0))
+    if 'mask' in element:  # PadEpochToBatches: padding rows of an epoch's last batch
+      out['mask'] = element['mask']
     return out
 
 
@@ -108,6 +139,8 @@ class PipelineConfig:
   num_workers: int = 0
   prefetch_buffer: int = 2
   drop_remainder: bool = True
+  # Keep each epoch's short last batch, padded to full size with ``mask`` False rows (PyTorch drop_last=False).
+  pad_last_batch: bool = False
   # Threads that run the recipe inside each process (OpenCV and PIL release the GIL) and the elements they
   # may read ahead; None keeps grain's defaults (16 threads, 500 elements).
   read_threads: Optional[int] = None
@@ -133,6 +166,8 @@ def make_dataset(source, recipe: Recipe, config: PipelineConfig, process_index: 
   if config.shuffle:
     ds = ds.shuffle(seed=config.seed)
   global_batch = config.batch_size * process_count
+  if config.pad_last_batch:
+    ds = PadEpochToBatches(ds, global_batch)
   if len(ds) < global_batch and config.drop_remainder:
     raise ValueError(f'{len(ds)} examples cannot fill one global batch of {global_batch} ({config.batch_size} '
                      f'per process x {process_count}); use a smaller batch or a larger dataset')

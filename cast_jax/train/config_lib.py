@@ -39,8 +39,10 @@ def moco_defaults() -> ml_collections.ConfigDict:
   c.weight_decay = 0.1
   c.temperature = 0.2
   c.momentum = 0.99  # to 1 on a cosine
-  c.steps_per_epoch = -1  # -1: len(train split) // batch_size
+  c.steps_per_epoch = -1  # -1: len(train split) // batch_size (ceil with partial_last_batch)
   c.total_steps = -1  # -1: num_epochs * steps_per_epoch
+  c.partial_last_batch = False  # keep each epoch's short batch, padded and masked (PyTorch drop_last=False)
+  c.schedule_rounding = 'round'  # epochs -> steps (warmup, fractional epochs): 'round', 'floor' or 'ceil'
   c.log_every_steps = 50
   c.checkpoint_every_steps = 1000
   c.keep_checkpoints = 3

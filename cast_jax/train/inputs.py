@@ -68,10 +68,15 @@ def moco_train_iterator(data, batch_size: int, seed: int, process_index: int, pr
   return train_iterator(data, recipe, batch_size, seed, process_index, process_count)
 
 
-def train_iterator(data, recipe, batch_size: int, seed: int, process_index: int, process_count: int):
-  """An infinite, resumable iterator of ``recipe``'s batches over the train split (``batch_size`` per process)."""
+def train_iterator(data, recipe, batch_size: int, seed: int, process_index: int, process_count: int,
+                   partial_last_batch: bool = False):
+  """An infinite, resumable iterator of ``recipe``'s batches over the train split (``batch_size`` per process).
+
+  partial_last_batch: each epoch ends with its short batch padded to full size, ``mask`` False on the padding
+  (PyTorch ``drop_last=False``; ``schedules.Schedule`` then counts ceil(N / B) steps per epoch).
+  """
   config = PipelineConfig(batch_size=batch_size, seed=seed, num_workers=data.num_workers,
-                          read_threads=data.get('read_threads'))
+                          read_threads=data.get('read_threads'), pad_last_batch=partial_last_batch)
   return iter(make_dataset(make_source(data, data.train_split), recipe, config, process_index, process_count))
 
 

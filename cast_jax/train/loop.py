@@ -19,7 +19,7 @@ import ml_collections
 
 from cast_jax.data.pipeline import summarize_skips
 from cast_jax.models.variants import ModelSpec, build_model, compute_dtype
-from cast_jax.train import checkpoint, evaluation, init_from, inputs, optim, sharding, tasks
+from cast_jax.train import checkpoint, evaluation, inputs, optim, schedules, sharding, tasks
 from cast_jax.train.metric_writer import MetricWriter, format_progress
 
 # Compiling with these options is several times faster on CPU (the program is the same, its machine code
@@ -42,37 +42,15 @@ def _jit(fn, config, **kwargs):
 
 
 def initial_variables(config, spec: ModelSpec, model) -> dict[str, Any]:
-  """A fresh initialisation (seeded), overlaid with ``config.init_checkpoint`` (a converted .npz or a workdir)
-  when set; the linear probe requires one and gets MoCo-v3's head initialisation."""
+  """A fresh initialisation (seeded), overlaid with ``config.init_checkpoint`` as the trainer's task declares
+  (``tasks.starting_variables``: accepted checkpoint kinds, leaves kept fresh, strict otherwise)."""
   size = spec.image_size
   images = jnp.zeros((2, size, size, 3), jnp.float32)
   superpixels = jnp.broadcast_to(jnp.arange(size * size, dtype=jnp.int32).reshape(size, size) % 8,
                                  (2, size, size))
   init = _jit(lambda rng: model.init({'params': rng, 'dropout': rng}, images, superpixels), config)
   fresh = jax.device_get(init(jax.random.PRNGKey(config.seed)))
-  if not config.init_checkpoint:
-    if config.trainer == 'linear_probe':
-      raise ValueError('the linear probe needs --config.init_checkpoint=CKPT (a converted .npz or a workdir)')
-    return fresh
-  source_spec, loaded = init_from.load_variables(config.init_checkpoint)
-  if source_spec.kind != spec.kind:
-    raise ValueError(f'{config.init_checkpoint} holds a {source_spec.kind} model; the config trains '
-                     f'{spec.kind}. Set --config.model.kind={source_spec.kind} (and its size) to match.')
-  variables, kept = init_from.adapt(loaded, source_spec, fresh)
-  if config.trainer == 'linear_probe':
-    variables = init_from.probe_head_init(variables, config.seed)
-  if kept and jax.process_index() == 0:
-    print(f'initialised from {config.init_checkpoint}; kept fresh: {kept}', flush=True)
-  return variables
-
-
-def _schedule_lengths(config, train_size: int) -> tuple[int, int, int]:
-  steps_per_epoch = config.steps_per_epoch if config.steps_per_epoch > 0 else train_size // config.batch_size
-  if steps_per_epoch <= 0:
-    raise ValueError(f'{train_size} training examples cannot fill one batch of {config.batch_size}')
-  total = config.total_steps if config.total_steps > 0 else config.num_epochs * steps_per_epoch
-  warmup = min(int(round(config.warmup_epochs * steps_per_epoch)), total)
-  return steps_per_epoch, total, warmup
+  return tasks.starting_variables(config, spec, fresh)
 
 
 def _best_logged(workdir: pathlib.Path, key: str, up_to_step: int) -> float:
@@ -104,10 +82,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict[str, 
   model = build_model(spec, dtype)
 
   train_size = len(inputs.make_source(config.data, config.data.train_split))
-  lengths = _schedule_lengths(config, train_size)
-  steps_per_epoch, total_steps, _ = lengths
+  schedule = schedules.Schedule.from_config(config, train_size)
+  steps_per_epoch, total_steps = schedule.steps_per_epoch, schedule.total_steps
   variables = initial_variables(config, spec, model)
-  task = tasks.build_task(config, spec, model, variables['params'], lengths)
+  task = tasks.build_task(config, spec, model, variables['params'], schedule)
   objective = task.objective
 
   # The state is built on the devices with its final layout (FSDP-split where configured).

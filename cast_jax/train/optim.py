@@ -1,14 +1,21 @@
-"""Optimizers with the original's treatment of frozen parameters and weight decay.
+"""Optimizers with the original's treatment of frozen parameters, parameter groups and weight decay.
 
 PyTorch never gives a ``requires_grad=False`` parameter a gradient, so its optimizer skips it: no update and
 no weight decay. Here such parameters are routed to ``optax.set_to_zero`` and hold no optimizer state.
+
+Two trees describe the parameters: the trainable mask ('trainable' / 'frozen' per leaf: whether it changes at
+all) and the group labels (a ``Group`` name per leaf: its learning-rate multiplier and weight decay, as a
+PyTorch param group). ``grouped`` routes every trainable leaf to its group's transformation.
 """
 
 from __future__ import annotations
 
-from typing import Any, Optional
+import dataclasses
+from typing import Any, Callable, Mapping, NamedTuple, Optional, Sequence
 
 import jax
+import jax.numpy as jnp
+import numpy as np
 import optax
 
 from cast_jax.models.variants import ModelSpec, is_frozen
@@ -64,3 +71,124 @@ def count_trainable(params, labels) -> int:
                                                             params, labels))
   return int(sum(leaves))
 
+
+
+# --------------------------------------------------------------------------------------------------------
+# Parameter groups.
+
+
+@dataclasses.dataclass(frozen=True)
+class Group:
+  """A PyTorch param group: the learning rate is ``lr_mult`` x the schedule's; ``weight_decay`` its own."""
+
+  lr_mult: float = 1.0
+  weight_decay: float = 0.0
+
+
+def group_labels(params, rule: Callable[[tuple[str, ...], Any], str]) -> Any:
+  """A tree like ``params`` with ``rule(names, leaf)`` (a group name) at each leaf."""
+  return jax.tree_util.tree_map_with_path(lambda p, leaf: rule(_names(p), leaf), params)
+
+
+def spml_group_rule(classifier: Sequence[str] = ('classifier',)) -> Callable[[tuple[str, ...], Any], str]:
+  """SPML's four groups (segmentation/README.md "Optimizer"): 'backbone_weight', 'backbone_bias',
+  'classifier_weight', 'classifier_bias'. Biases are leaves named ``bias`` (graph pooling's ``Block.bias``
+  included); every other leaf (kernels, norm scales) is a weight. ``classifier``: top-level names of the head."""
+
+  def rule(names, _):
+    part = 'classifier' if names[0] in classifier else 'backbone'
+    return f'{part}_{"bias" if names[-1] == "bias" else "weight"}'
+
+  return rule
+
+
+def spml_groups(weight_decay: float) -> dict[str, Group]:
+  """Backbone weights x1 (decay), backbone biases x2 (no decay), classifier weights x10, biases x20."""
+  return {'backbone_weight': Group(1.0, weight_decay), 'backbone_bias': Group(2.0, 0.0),
+          'classifier_weight': Group(10.0, weight_decay), 'classifier_bias': Group(20.0, 0.0)}
+
+
+def _is_trainable(label) -> bool:
+  if isinstance(label, (bool, np.bool_)):
+    return bool(label)
+  if label not in (TRAINABLE, FROZEN):
+    raise ValueError(f'a trainable mask holds True/False or {TRAINABLE!r}/{FROZEN!r} per leaf; got {label!r}')
+  return label == TRAINABLE
+
+
+def grouped(make: Callable[[Group], optax.GradientTransformation], groups: Mapping[str, Group], labels,
+            trainable) -> optax.GradientTransformation:
+  """``make(group)`` for the trainable leaves of each group, ``set_to_zero`` (no state) for the frozen ones.
+
+  labels: group name per leaf; trainable: the trainable mask (bool or 'trainable'/'frozen' per leaf).
+  """
+  if FROZEN in groups:
+    raise ValueError(f'{FROZEN!r} is reserved for frozen leaves; rename that group')
+  unknown = sorted(set(jax.tree_util.tree_leaves(labels)) - set(groups))
+  if unknown:
+    raise ValueError(f'group labels {unknown} have no Group; defined: {sorted(groups)}')
+  route = jax.tree_util.tree_map(lambda l, t: l if _is_trainable(t) else FROZEN, labels, trainable)
+  transforms = {name: make(group) for name, group in groups.items()}
+  transforms[FROZEN] = optax.set_to_zero()
+  return optax.multi_transform(transforms, route)
+
+
+def _scaled(learning_rate, mult: float):
+  if callable(learning_rate):
+    return lambda step: mult * learning_rate(step)
+  return mult * learning_rate
+
+
+def adamw_groups(learning_rate, groups: Mapping[str, Group], labels, trainable, b1: float = 0.9,
+                 b2: float = 0.999, eps: float = 1e-8) -> optax.GradientTransformation:
+  """PyTorch AdamW over param groups: each group's lr = lr_mult x schedule, decoupled decay lr x wd x p."""
+  return grouped(lambda g: optax.adamw(_scaled(learning_rate, g.lr_mult), b1=b1, b2=b2, eps=eps,
+                                       weight_decay=g.weight_decay), groups, labels, trainable)
+
+
+def sgd_groups(learning_rate, groups: Mapping[str, Group], labels, trainable, momentum: float = 0.9,
+               nesterov: bool = False) -> optax.GradientTransformation:
+  """``torch.optim.SGD`` over param groups: d = g + wd p; buf = m buf + d (buf = d at the first step);
+  d = d + m buf with Nesterov, else buf; p -= lr_mult lr d. (The Segmenter: momentum 0.9, Nesterov, wd 0.)"""
+
+  def make(g: Group):
+    chain = [optax.add_decayed_weights(g.weight_decay)] if g.weight_decay else []
+    chain.append(optax.sgd(_scaled(learning_rate, g.lr_mult), momentum=momentum or None, nesterov=nesterov))
+    return optax.chain(*chain)
+
+  return grouped(make, groups, labels, trainable)
+
+
+class SpmlSgdState(NamedTuple):
+  count: jax.Array  # int32 steps taken: the schedule's argument
+  buffer: Any  # the momentum buffer, learning rate folded in
+
+
+def spml_sgd(learning_rate, lr_mult: float = 1.0, weight_decay: float = 0.0,
+             momentum: float = 0.9) -> optax.GradientTransformation:
+  """SPML's ``lib.nn.optimizer.SGD`` (called with lr=1 and ``step(lr)``), one param group:
+  d = g + wd p; buf = m buf + lr_mult lr d (buf starts at 0); p -= buf. Unlike torch's SGD the learning rate is
+  inside the buffer, so a changed lr only scales new gradients."""
+
+  def init(params):
+    return SpmlSgdState(jnp.zeros((), jnp.int32), jax.tree_util.tree_map(jnp.zeros_like, params))
+
+  def update(grads, state, params=None):
+    if weight_decay and params is None:
+      raise ValueError('spml_sgd with weight decay needs the parameters: optimizer.update(grads, state, params)')
+    lr = learning_rate(state.count) if callable(learning_rate) else learning_rate
+    scale = jnp.asarray(lr_mult * lr, jnp.float32)
+    if weight_decay:
+      grads = jax.tree_util.tree_map(lambda g, p: g + weight_decay * p, grads, params)
+    buffer = jax.tree_util.tree_map(lambda b, d: momentum * b + (scale * d).astype(b.dtype), state.buffer, grads)
+    updates = jax.tree_util.tree_map(jnp.negative, buffer)
+    return updates, SpmlSgdState(optax.safe_int32_increment(state.count), buffer)
+
+  return optax.GradientTransformation(init, update)
+
+
+def spml_sgd_groups(learning_rate, groups: Mapping[str, Group], labels, trainable,
+                    momentum: float = 0.9) -> optax.GradientTransformation:
+  """SPML's SGD over its param groups (``spml_groups``); frozen leaves (and ``cls_token``, in no group there)
+  must be marked in ``trainable``."""
+  return grouped(lambda g: spml_sgd(learning_rate, g.lr_mult, g.weight_decay, momentum), groups, labels, trainable)

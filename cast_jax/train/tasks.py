@@ -8,7 +8,10 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Callable, Iterator
 
+import jax
+import numpy as np
 
+from cast_jax import loading
 from cast_jax.data import recipes, supervised as supervised_data
 from cast_jax.models.variants import ModelSpec
 from cast_jax.train import inputs, optim, schedules
@@ -30,12 +33,11 @@ class Task:
   trainable_labels: Any = None
 
 
-def moco_task(config, spec: ModelSpec, model, params, lengths) -> Task:
-  steps_per_epoch, total_steps, warmup_steps = lengths
-  lr_fn = schedules.warmup_cosine(config.base_lr * config.batch_size / 256, warmup_steps, total_steps)
+def moco_task(config, spec: ModelSpec, model, params, schedule: schedules.Schedule) -> Task:
+  lr_fn = schedule.warmup_cosine(config.base_lr * config.batch_size / 256)
   labels = optim.trainable_labels(spec, params)
   objective = MoCoObjective(model=model, optimizer=optim.adamw(lr_fn, labels, config.weight_decay, optim.decay_all),
-                            momentum_fn=schedules.momentum_cosine(config.momentum, total_steps),
+                            momentum_fn=schedule.momentum_cosine(config.momentum),
                             temperature=config.temperature, learning_rate_fn=lr_fn)
   def make_iterator(local_batch, index, count):
     return inputs.moco_train_iterator(config.data, local_batch, config.seed, index, count, spec.uses_superpixels)
@@ -44,17 +46,14 @@ def moco_task(config, spec: ModelSpec, model, params, lengths) -> Task:
               trainable_labels=labels)
 
 
-def supervised_task(config, spec: ModelSpec, model, params, lengths) -> Task:
+def supervised_task(config, spec: ModelSpec, model, params, schedule: schedules.Schedule) -> Task:
   """DeiT: lr = base_lr x batch / 512, per-epoch cosine with warmup (the original's off-by-one kept unless
   config.lr_original_off_by_one is False), decay except 1-D / bias / pos_embed / cls_token, weight EMA."""
-  steps_per_epoch, total_steps, _ = lengths
-  total_epochs = max(total_steps // steps_per_epoch, 1)
   peak_lr = config.base_lr * config.batch_size / 512
   if config.get('lr_schedule', 'deit_epoch') == 'deit_epoch':
-    lr_fn = schedules.deit_epoch_lr(peak_lr, config.warmup_epochs, total_epochs, steps_per_epoch,
-                                    original_off_by_one=config.lr_original_off_by_one)
+    lr_fn = schedule.deit_epoch(peak_lr, config.warmup_epochs, original_off_by_one=config.lr_original_off_by_one)
   elif config.lr_schedule == 'warmup_cosine':  # per step: short schedules lose no epoch at the warm-up rate
-    lr_fn = schedules.warmup_cosine(peak_lr, lengths[2], total_steps)
+    lr_fn = schedule.warmup_cosine(peak_lr)
   else:
     raise ValueError(f"unknown lr_schedule {config.lr_schedule!r}; choose 'deit_epoch' or 'warmup_cosine'")
   labels = optim.trainable_labels(spec, params)
@@ -83,12 +82,10 @@ def supervised_task(config, spec: ModelSpec, model, params, lengths) -> Task:
               trainable_labels=labels)
 
 
-def linear_probe_task(config, spec: ModelSpec, model, params, lengths) -> Task:
+def linear_probe_task(config, spec: ModelSpec, model, params, schedule: schedules.Schedule) -> Task:
   """MoCo-v3 ``main_lincls``: frozen backbone in inference mode, a linear head on the normalized cls feature,
   SGD momentum 0.9 without weight decay, lr = base_lr x batch / 256 on a per-epoch cosine."""
-  steps_per_epoch, total_steps, _ = lengths
-  lr_fn = schedules.epoch_cosine(config.base_lr * config.batch_size / 256, max(total_steps // steps_per_epoch, 1),
-                                 steps_per_epoch)
+  lr_fn = schedule.epoch_cosine(config.base_lr * config.batch_size / 256)
   labels = optim.head_only_labels(params)
   objective = SupervisedObjective(model=model, optimizer=optim.sgd(lr_fn, labels, momentum=0.9),
                                   num_classes=spec.num_classes, label_smoothing=0.0, trainable_labels=labels,
@@ -103,10 +100,64 @@ def linear_probe_task(config, spec: ModelSpec, model, params, lengths) -> Task:
               trainable_labels=labels)
 
 
+def probe_head_init(variables, seed: int = 0):
+  """MoCo-v3's probe head (``main_lincls``): weight N(0, 0.01), bias 0."""
+  head = variables['params']['head']
+  rng = np.random.default_rng(seed)
+  head = {'kernel': (0.01 * rng.standard_normal(np.shape(head['kernel']))).astype(np.float32),
+          'bias': np.zeros(np.shape(head['bias']), np.float32)}
+  return dict(variables, params=dict(variables['params'], head=head))
+
+
+def start_rules(config, spec: ModelSpec) -> tuple[tuple[loading.StartRules, ...], bool]:
+  """(the checkpoints this trainer may start ``spec`` from, whether it needs one).
+
+  moco: a MoCo checkpoint of the same kind, every leaf (encoder, projector, predictor). supervised: a non-MoCo
+  checkpoint of the same kind, every leaf. linear_probe: the same kind, MoCo (its query encoder) or not; the
+  ``head`` stays fresh with MoCo-v3's N(0, 0.01). Every trainer also accepts the original's cross-kind starts
+  into its model kind (``loading.CROSS_KIND``: cast_deit -> cast_seg_deit, cast_seg_pretrain -> cast_seg).
+  """
+  cross = tuple(make() for (_, target), make in loading.CROSS_KIND.items() if target == spec.kind)
+  if config.trainer == 'moco':
+    return (loading.StartRules(kinds=(spec.kind,), moco=True, why='MoCo continues from a MoCo model'),) + cross, False
+  if config.trainer == 'linear_probe':
+    probe = loading.StartRules(kinds=(spec.kind,), dont_load=('params/head/.*',), reinit=probe_head_init,
+                               why='the probe trains a new head on a frozen encoder')
+    return (probe,), True
+  return (loading.StartRules(kinds=(spec.kind,), moco=False, why='fine-tuning a model of the same kind'),) + cross, \
+      False
+
+
+def starting_variables(config, spec: ModelSpec, fresh) -> dict[str, Any]:
+  """``fresh`` (the model's seeded initialisation), overlaid with ``config.init_checkpoint`` (a converted .npz or
+  a workdir) under the trainer's ``start_rules``. Raises naming every leaf that does not fit."""
+  rules, required = start_rules(config, spec)
+  if not config.init_checkpoint:
+    if required:
+      raise ValueError(f'the {config.trainer} trainer needs --config.init_checkpoint=CKPT (a converted .npz or a '
+                       f'workdir) of a {" or ".join(k for r in rules for k in r.kinds)} model')
+    return fresh
+  source, loaded = loading.load_variables(config.init_checkpoint)
+  chosen = loading.choose_rules(rules, source, str(config.init_checkpoint))
+  variables, kept = loading.start_from(fresh, spec, source, loaded, chosen, seed=config.seed,
+                                       path=str(config.init_checkpoint))
+  if jax.process_index() == 0:
+    print(f'initialised from {config.init_checkpoint}; kept fresh: {kept}', flush=True)
+  return variables
+
+
+# Trainers whose original drops each epoch's short last batch (their objectives take no ``mask``).
+DROP_LAST = ('moco', 'supervised', 'linear_probe')
 TASKS = {'moco': moco_task, 'supervised': supervised_task, 'linear_probe': linear_probe_task}
 
 
-def build_task(config, spec, model, params, lengths) -> Task:
+def build_task(config, spec, model, params, schedule: schedules.Schedule) -> Task:
+  """The trainer's task; ``schedule``: the run's lengths (steps per epoch, total, warm-up)."""
   if config.trainer not in TASKS:
     raise ValueError(f'unknown trainer {config.trainer!r}; choose one of {sorted(TASKS)}')
-  return TASKS[config.trainer](config, spec, model, params, lengths)
+  if not isinstance(schedule, schedules.Schedule):  # the former (steps_per_epoch, total, warmup) tuple
+    schedule = schedules.Schedule(*schedule)
+  if schedule.partial_last_batch and config.trainer in DROP_LAST:
+    raise ValueError(f'the {config.trainer} trainer drops the short last batch of an epoch, as its original '
+                     '(drop_last=True); unset config.partial_last_batch')
+  return TASKS[config.trainer](config, spec, model, params, schedule)
