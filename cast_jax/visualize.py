@@ -216,3 +216,21 @@ def save_png(array, path: str | os.PathLike) -> pathlib.Path:
   path.parent.mkdir(parents=True, exist_ok=True)
   Image.fromarray(array).save(path, format='PNG')
   return path
+
+
+def tile_grid(rows: Sequence[Sequence[np.ndarray]], titles: Optional[Sequence[str]] = None) -> np.ndarray:
+  """uint8 (H, W, 3) tiles, all of one size, laid out as ``rows`` (a list of equally long lists of tiles), with
+  GAP white pixels between them and, optionally, one title per column above the grid."""
+  if not rows or not rows[0]:
+    raise ValueError('tile_grid needs at least one row with one tile')
+  if any(len(row) != len(rows[0]) for row in rows):
+    raise ValueError(f'every row must hold {len(rows[0])} tiles; got {[len(row) for row in rows]}')
+  tiles = [[check_image(tile, 'tile') for tile in row] for row in rows]
+  if len({tile.shape for row in tiles for tile in row}) != 1:
+    raise ValueError('all tiles must have one shape')
+  grid = _join([_join(row, axis=1) for row in tiles], axis=0)
+  if titles is not None:
+    if len(titles) != len(rows[0]):
+      raise ValueError(f'titles must hold one string per column ({len(rows[0])}); got {len(titles)}')
+    grid = np.concatenate([_title_band(titles, tiles[0][0].shape[1]), grid], axis=0)
+  return grid
