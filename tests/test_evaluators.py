@@ -113,7 +113,8 @@ def test_a_resumed_classifier_keeps_the_best_it_logged():
   config = small_config(12, classifier=eval_entry('classifier'))
   (classifier,) = evaluators.build(config, context_for(config))
   history = [{'step': 4, 'loss': 1.0}, {'step': 4, 'classifier/top1': 91.5}, {'step': 8, 'classifier/top1': 50.0},
-             {'step': 8, 'top1': 99.0}]  # another evaluator's (or an old run's) key is not ours
+             {'step': 8, 'top1': 99.0},  # another evaluator's (or an old run's) key is not ours
+             {'step': 9, 'classifier/top1': 'nan'}]  # how the writer logs a NaN
   classifier.restore(history)
   scalars, _ = classifier.run({'params': constant_class_params(0)}, step=12)
   assert scalars['top1'] < 91.5 and scalars['best_top1'] == 91.5

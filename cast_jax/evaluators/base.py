@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any, Callable, ClassVar, Iterator
+from typing import Any, Callable, ClassVar, Iterator, Mapping
 
 import jax
 import numpy as np
@@ -73,7 +73,7 @@ class EvalContext:
 
 def variables_of(target, ema: bool = False) -> dict[str, Any]:
   """Model variables from a train state (its weights, or their EMA) or from a variables dict as is."""
-  if isinstance(target, dict):
+  if isinstance(target, Mapping):
     if ema:
       raise ValueError('this evaluator reads the weight EMA of a train state, but got plain variables; to '
                        'evaluate a checkpoint\'s EMA load it with --ema and use the non-EMA evaluator')

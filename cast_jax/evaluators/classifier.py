@@ -39,5 +39,6 @@ class ClassifierEvaluator(Evaluator):
 
   def restore(self, history):
     key = f'{self.prefix}top1'
-    logged = [float(r[key]) for r in history if key in r and np.isfinite(r[key])]
+    # (NaN and inf are logged as strings: only finite numbers count.)
+    logged = [float(r[key]) for r in history if isinstance(r.get(key), (int, float)) and np.isfinite(r[key])]
     self.best_top1 = max([self.best_top1] + logged)
