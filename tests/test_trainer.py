@@ -146,6 +146,10 @@ def test_two_processes_on_localhost_give_the_same_losses(reference, tmp_path, ca
   assert sorted(found) == sorted(expected)
   np.testing.assert_allclose([found[s] for s in sorted(expected)], [expected[s] for s in sorted(expected)],
                              rtol=2e-4)
+  # The evaluators gathered both processes' rows: every validation image once, padding dropped.
+  evaluation = [r for r in _records(workdir) if 'knn/top1' in r]
+  assert [r['step'] for r in evaluation] == [6] and evaluation[0]['knn/num_examples'] == 16
+  assert (workdir / 'pictures' / 'hierarchy_first_batch_0000006.png').is_file()
 
 
 def test_non_finite_loss_stops_the_run_and_keeps_the_last_checkpoint(reference, tmp_path, cache):
