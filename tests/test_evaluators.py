@@ -186,3 +186,17 @@ def test_a_classifier_needs_a_model_with_a_head_and_names_must_exist():
     evaluators.build(config, context_for(config, classifier=False))
   with pytest.raises(ValueError, match=r"no evaluator 'knn' in config.evals \(it has \['classifier'\]\)"):
     evaluators.build(config, context_for(config), names=['knn'])
+
+
+def test_the_evaluate_command_names_evaluators_of_the_config():
+  from cast_jax.evaluate.__main__ import evaluate_checkpoint, evaluator_names  # pylint: disable=import-outside-toplevel
+  from cast_jax.train.config_lib import load_config_file  # pylint: disable=import-outside-toplevel
+  from conftest import REPO_ROOT  # pylint: disable=import-outside-toplevel
+
+  assert evaluator_names('both') == ['knn', 'classifier']
+  assert evaluator_names(' knn, hierarchy ,knn') == ['knn', 'hierarchy']
+  with pytest.raises(ValueError, match='names no evaluator'):
+    evaluator_names(' , ')
+  config = load_config_file(REPO_ROOT / 'configs' / 'demo.py:test')  # MoCo: knn and hierarchy, no classifier
+  with pytest.raises(ValueError, match=r"\['classifier'\] not in config.evals of this config \(it has"):
+    evaluate_checkpoint(config, 'unused.npz', evaluator='both')
