@@ -44,6 +44,6 @@ def get_config(arg=None):
   c.checkpoint_every_steps = 256
   c.keep_checkpoints = 2
   c.eval_every_steps = 256
-  c.knn.enabled = True
-  c.pictures.num_images = 4
+  c.evals.knn.every_steps = None  # kNN too (the ImageNet recipe has none), at eval_every_steps
+  c.evals.hierarchy.num_images = 4
   return finalize(c, arg)

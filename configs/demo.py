@@ -24,5 +24,5 @@ def get_config(arg=None):
   c.checkpoint_every_steps = 200
   c.keep_checkpoints = 2
   c.eval_every_steps = 256  # half-way and at the end
-  c.pictures.num_images = 4
+  c.evals.hierarchy.num_images = 4
   return finalize(c, arg)

@@ -15,5 +15,5 @@ def get_config(arg=None):
   c.model.update(kind='cast', variant='small')
   c.data.update(name='folder', train_split='train', eval_split='val')
   c.num_epochs, c.warmup_epochs = 200, 20
-  c.knn.update(train_split='train', num_classes=100, num_train=-1)
+  c.evals.knn.update(num_classes=100, num_train=-1)  # the whole train split as the bank
   return finalize(c, arg)

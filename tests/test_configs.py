@@ -71,3 +71,31 @@ def test_load_config_file_reads_a_command_line_config_name(tmp_path):
   (tmp_path / 'empty.py').write_text('X = 1\n')
   with pytest.raises(ValueError, match='defines no get_config'):
     load_config_file(tmp_path / 'empty.py')
+
+
+@pytest.mark.parametrize('arg', [None, 'test'])
+@pytest.mark.parametrize('name', CONFIGS)
+def test_evals_build_and_classifiers_score_the_whole_split(name, arg):
+  """Every config.evals entry is a valid evaluator; top-1 is measured on all of the evaluation split (the
+  published ImageNet numbers are on all 50,000 images), and the kNN keeps its own bank of training images."""
+  from cast_jax import evaluators  # pylint: disable=import-outside-toplevel
+  from cast_jax.train.sharding import make_mesh  # pylint: disable=import-outside-toplevel
+
+  config = load(name).get_config(arg)
+  context = evaluators.EvalContext(config, None, make_mesh(1), uses_superpixels=True,
+                                   classifier=config.trainer != 'moco')
+  built = {ev.name: ev for ev in evaluators.build(config, context)}
+  classifiers = [ev for ev in built.values() if ev.type_name == 'classifier']
+  assert bool(classifiers) == (config.trainer != 'moco')
+  assert all(ev.num_examples == -1 and ev.every_steps == config.eval_every_steps for ev in classifiers)
+  assert [ev.options['ema'] for ev in classifiers] == ([False, True] if config.trainer == 'supervised' else
+                                                      [False] * len(classifiers))
+  if 'knn' in built:
+    knn = built['knn']
+    assert knn.every_steps == (config.eval_every_steps if config.trainer == 'moco' or name == 'deit_demo' else 0)
+    if arg is None and config.data.name != 'partworld':
+      assert (knn.num_examples, knn.options['num_train']) in ((10000, 50000), (10000, -1))
+    if config.data.name == 'partworld':
+      assert knn.num_examples == -1 and knn.options['num_classes'] == 8
+      assert knn.options['num_train'] == (2048 if arg is None else 32)
+  assert ('hierarchy' in built) == (config.trainer != 'linear_probe')

@@ -91,4 +91,4 @@ def test_segment_your_image_falls_back_to_the_demo(tmp_path):
 def test_train_demo(tmp_path):
   printed = execute('train_demo', small_mode(tmp_path))
   assert 'step 6: kNN top-1' in printed and 'cast_level4 (2)' in printed
-  assert (tmp_path / 'work' / 'train_demo_small' / 'pictures' / 'hierarchy_0000006.png').is_file()
+  assert (tmp_path / 'work' / 'train_demo_small' / 'pictures' / 'hierarchy_first_batch_0000006.png').is_file()

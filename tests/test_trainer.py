@@ -73,19 +73,20 @@ def test_run_writes_metrics_pictures_checkpoints_and_knn(reference):
   workdir, per_step = reference
   assert all(np.isfinite(v) for v in per_step.values())
   records = [json.loads(l) for l in (workdir / 'metrics.jsonl').read_text().splitlines()]
-  knn = [r for r in records if 'knn_top1' in r]
-  assert knn and 0.0 <= knn[-1]['knn_top1'] <= 100.0 and knn[-1]['step'] == 6
+  knn = [r for r in records if 'knn/top1' in r]
+  assert knn and 0.0 <= knn[-1]['knn/top1'] <= 100.0 and knn[-1]['step'] == 6
+  assert knn[-1]['knn/num_examples'] == 16  # the whole validation split of the :test shrink
   first = next(r for r in records if 'loss' in r)
   assert first['lr'] >= 0 and abs(first['momentum'] - 0.99) < 1e-6 and first['images_per_second'] > 0
   config = json.loads((workdir / 'config.json').read_text())
   assert config['batch_size'] == 8 and config['model']['kind'] == 'cast'
   assert sorted(p.name for p in (workdir / 'checkpoints').iterdir() if p.name.isdigit()) == ['4', '6']  # keep 2
-  assert list((workdir / 'pictures').glob('hierarchy_0000006.png'))
+  assert list((workdir / 'pictures').glob('hierarchy_first_batch_0000006.png'))
   assert list((workdir / 'tensorboard').glob('events.out.tfevents.*'))
   from cast_jax.train.metric_writer import read_events
 
   tags = {t for e in read_events(workdir / 'tensorboard') for t in e.get('scalars', {})}
-  assert {'loss', 'lr', 'momentum', 'knn_top1'} <= tags
+  assert {'loss', 'lr', 'momentum', 'knn/top1'} <= tags
 
 
 def test_sigkill_and_restart_reproduce_the_losses_exactly(reference, tmp_path, cache):
@@ -145,6 +146,10 @@ def test_two_processes_on_localhost_give_the_same_losses(reference, tmp_path, ca
   assert sorted(found) == sorted(expected)
   np.testing.assert_allclose([found[s] for s in sorted(expected)], [expected[s] for s in sorted(expected)],
                              rtol=2e-4)
+  # The evaluators gathered both processes' rows: every validation image once, padding dropped.
+  evaluation = [r for r in _records(workdir) if 'knn/top1' in r]
+  assert [r['step'] for r in evaluation] == [6] and evaluation[0]['knn/num_examples'] == 16
+  assert (workdir / 'pictures' / 'hierarchy_first_batch_0000006.png').is_file()
 
 
 def test_non_finite_loss_stops_the_run_and_keeps_the_last_checkpoint(reference, tmp_path, cache):
@@ -180,8 +185,9 @@ def test_supervised_trainer_through_the_same_main(tmp_path, cache):
   records = _records(workdir)
   losses_ = [r['loss'] for r in records if 'loss' in r]
   assert len(losses_) == 6 and all(np.isfinite(losses_))
-  final = [r for r in records if 'top1' in r][-1]
-  assert final['step'] == 6 and 0 <= final['top1'] <= 100 and 'ema_top1' in final and 'top5' in final
+  final = [r for r in records if 'classifier/top1' in r][-1]
+  assert final['step'] == 6 and 0 <= final['classifier/top1'] <= 100 and 'classifier/top5' in final
+  assert 'classifier_ema/top1' in final and final['classifier/num_examples'] == 16  # all of the split
 
 
 def test_linear_probe_from_a_moco_workdir_and_the_evaluate_command(reference, tmp_path, cache):
@@ -193,8 +199,8 @@ def test_linear_probe_from_a_moco_workdir_and_the_evaluate_command(reference, tm
                         capture_output=True, text=True, timeout=400)
   assert proc.returncode == 0, proc.stderr[-4000:]
   assert 'kept fresh: [\'params/head/bias\', \'params/head/kernel\']' in proc.stdout
-  final = [r for r in _records(workdir) if 'top1' in r][-1]
-  assert 0 <= final['top1'] <= 100 and final['best_top1'] >= final['top1']
+  final = [r for r in _records(workdir) if 'classifier/top1' in r][-1]
+  assert 0 <= final['classifier/top1'] <= 100 and final['classifier/best_top1'] >= final['classifier/top1']
   # The backbone stayed frozen: the probe's encoder weights equal the MoCo run's.
   from cast_jax.train.init_from import load_variables
 
@@ -210,5 +216,5 @@ def test_linear_probe_from_a_moco_workdir_and_the_evaluate_command(reference, tm
                        text=True, timeout=400)
   assert out.returncode == 0, out.stderr[-3000:]
   result = json.loads(out.stdout.strip().splitlines()[-1])
-  trained = [r for r in _records(source) if 'knn_top1' in r][-1]
-  assert result['knn_top1'] == trained['knn_top1'] and result['knn_top5'] == trained['knn_top5']
+  trained = [r for r in _records(source) if 'knn/top1' in r][-1]
+  assert result['knn/top1'] == trained['knn/top1'] and result['knn/top5'] == trained['knn/top5']

@@ -17,9 +17,10 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from cast_jax import evaluators as evaluators_lib
 from cast_jax.data.pipeline import summarize_skips
 from cast_jax.models.variants import ModelSpec, build_model, compute_dtype
-from cast_jax.train import checkpoint, evaluation, inputs, optim, schedules, sharding, tasks
+from cast_jax.train import checkpoint, inputs, optim, schedules, sharding, tasks
 from cast_jax.train.metric_writer import MetricWriter, format_progress
 
 # Compiling with these options is several times faster on CPU (the program is the same, its machine code
@@ -53,15 +54,14 @@ def initial_variables(config, spec: ModelSpec, model) -> dict[str, Any]:
   return tasks.starting_variables(config, spec, fresh)
 
 
-def _best_logged(workdir: pathlib.Path, key: str, up_to_step: int) -> float:
-  """The largest ``key`` in metrics.jsonl at or before ``up_to_step``, so a resumed run keeps its best."""
-  path, best = workdir / 'metrics.jsonl', 0.0
-  if path.exists():
-    for line in path.read_text().splitlines():
-      record = json.loads(line)
-      if key in record and record['step'] <= up_to_step:
-        best = max(best, float(record[key]))
-  return best
+def _logged_before(workdir: pathlib.Path, up_to_step: int) -> list[dict[str, Any]]:
+  """The metrics.jsonl records at or before ``up_to_step``: what a resumed run's evaluators pick up
+  (the probe's best top-1)."""
+  path = workdir / 'metrics.jsonl'
+  if not path.exists():
+    return []
+  records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+  return [r for r in records if r.get('step', 0) <= up_to_step]
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict[str, Any]:
@@ -111,7 +111,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict[str, 
 
   train_step = _jit(objective.train_step, config, in_shardings=(state_sharding, sharding.batch_sharding(mesh)),
                     out_shardings=(state_sharding, replicated), donate_argnums=(0,))
-  evaluator = evaluation.Evaluator(config, model, mesh, spec.uses_superpixels, classifier=task.classifier)
+  evaluators = evaluators_lib.build(config, evaluators_lib.EvalContext(config, model, mesh, spec.uses_superpixels,
+                                                                       classifier=task.classifier))
 
   if is_main:
     trainable = optim.count_trainable(variables['params'], task.trainable_labels)
@@ -120,7 +121,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict[str, 
           f'{dict(mesh.shape)}', flush=True)
   del variables
 
-  last, best_top1 = {}, _best_logged(workdir, 'top1', start_step)
+  history = _logged_before(workdir, start_step)
+  for evaluator in evaluators:
+    evaluator.restore(history)
+  del history
+  last = {}
   last_saved = start_step if start_step else None
   timer_start, timer_steps, run_start = time.time(), 0, time.time()
   for step in range(start_step, total_steps):
@@ -156,18 +161,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict[str, 
     if save_now:
       checkpointer.save(done, state, iterator.get_state())
       last_saved = done
-    if done % config.eval_every_steps == 0 or done == total_steps:
-      scalars, images = evaluator(evaluation.eval_variables(state))
-      if task.classifier and state.ema_params is not None and config.get('evaluate_ema', False):
-        ema_scalars, _ = evaluator(evaluation.eval_variables(state, ema=True), with_knn=False)
-        scalars.update({f'ema_{k}': v for k, v in ema_scalars.items()})
-      if 'top1' in scalars:  # the probe reports its best evaluation, as the original
-        best_top1 = scalars['best_top1'] = max(scalars['top1'], best_top1)
+    due = [evaluator for evaluator in evaluators if evaluator.due(done, total_steps)]
+    if due:
+      scalars, images = {}, {}
+      for evaluator in due:  # one metrics line per evaluation step, every evaluator's keys under its prefix
+        ev_scalars, ev_images = evaluator.run(state, done)
+        scalars.update(evaluators_lib.with_prefix(evaluator, ev_scalars))
+        images.update(evaluators_lib.with_prefix(evaluator, ev_images))
       writer.write_scalars(done, scalars)
-      writer.write_images(done, images)
+      if images:
+        writer.write_images(done, images)
       last.update(scalars)
       if is_main and scalars:
-        print(f'step {done}: ' + '  '.join(f'{k} {v:.2f}' for k, v in scalars.items()), flush=True)
+        print(f'step {done}: ' + '  '.join(f'{k} {v:.2f}' if isinstance(v, float) else f'{k} {v}'
+                                           for k, v in scalars.items()), flush=True)
       timer_start, timer_steps = time.time(), 0
   checkpointer.close()
   writer.close()
