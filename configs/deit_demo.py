@@ -43,6 +43,7 @@ def get_config(arg=None):
   c.log_every_steps = 32
   c.checkpoint_every_steps = 256
   c.keep_checkpoints = 2
+  c.eval_at_start = True  # the untrained network's numbers first, in the same log
   c.eval_every_steps = 256
   c.evals.knn.every_steps = None  # kNN too (the ImageNet recipe has none), at eval_every_steps
   c.evals.hierarchy.num_images = 4

@@ -19,10 +19,14 @@ def get_config(arg=None):
   c.num_epochs = 8
   c.warmup_epochs = 1
   c.base_lr = 2e-3  # x 64/256; a short schedule wants a larger rate than the original's 1.5e-4
+  # View 2 is cropped from a second rendering of the same object (new colours, background, clutter): two crops
+  # of one PartWorld image share its colours and background, which identify it without any shape.
+  c.data.second_rendering = True
   c.weight_decay = 0.05
   c.log_every_steps = 20
   c.checkpoint_every_steps = 200
   c.keep_checkpoints = 2
+  c.eval_at_start = True  # the untrained network's numbers first, in the same log
   c.eval_every_steps = 256  # half-way and at the end
   c.evals.hierarchy.num_images = 4
   return finalize(c, arg)

@@ -30,33 +30,37 @@ def records(workdir: pathlib.Path) -> list[dict]:
   return [json.loads(line) for line in (workdir / 'metrics.jsonl').read_text().splitlines()]
 
 
-def check_run(workdir: pathlib.Path, last: dict, evaluated: set[str]) -> dict:
-  """Six finite losses, one evaluation at the last step holding exactly ``evaluated``; returns it."""
+def check_run(workdir: pathlib.Path, last: dict, evaluated: set[str], eval_steps=(6,)) -> dict:
+  """Six finite losses, evaluations at ``eval_steps`` (the last one at the last step) holding exactly
+  ``evaluated``; returns the last one."""
   logged = records(workdir)
   losses = [r['loss'] for r in logged if 'loss' in r]
   assert len(losses) == 6 and all(math.isfinite(v) for v in losses)
   assert math.isfinite(last['loss']) and last['loss'] == losses[-1]
   evaluations = [r for r in logged if set(r) - {'step'} and all('/' in k for k in set(r) - {'step'})]
-  assert [r['step'] for r in evaluations] == [6], 'one evaluation, at the last step (eval_every_steps=6)'
-  assert set(evaluations[0]) - {'step'} == evaluated
-  assert {k: last[k] for k in evaluated} == {k: evaluations[0][k] for k in evaluated}
+  assert [r['step'] for r in evaluations] == list(eval_steps), 'evaluations at eval_steps (eval_every_steps=6)'
+  assert all(set(evaluation) - {'step'} == evaluated for evaluation in evaluations)
+  assert {k: last[k] for k in evaluated} == {k: evaluations[-1][k] for k in evaluated}
   assert (workdir / 'config.json').is_file()
   assert sorted(p.name for p in (workdir / 'checkpoints').iterdir() if p.name.isdigit()) == ['4', '6']
-  return evaluations[0]
+  return evaluations[-1]
 
 
 @pytest.fixture(scope='module')
 def moco_run(tmp_path_factory):
   workdir = tmp_path_factory.mktemp('moco')
-  return workdir, loop.train_and_evaluate(test_config('demo'), workdir)
+  config = test_config('demo')
+  config.eval_at_start = True  # as the demo itself: the untrained network is evaluated first
+  return workdir, loop.train_and_evaluate(config, workdir)
 
 
 def test_moco_trains_and_runs_knn_and_pictures(moco_run):
   workdir, last = moco_run
-  evaluation = check_run(workdir, last, {'knn/top1', 'knn/top5', 'knn/num_examples'})
+  evaluation = check_run(workdir, last, {'knn/top1', 'knn/top5', 'knn/num_examples'}, eval_steps=(0, 6))
   assert 0.0 <= evaluation['knn/top1'] <= evaluation['knn/top5'] <= 100.0
   assert evaluation['knn/num_examples'] == 16  # the whole validation split of the :test shrink
-  assert [p.name for p in (workdir / 'pictures').iterdir()] == ['hierarchy_first_batch_0000006.png']
+  assert sorted(p.name for p in (workdir / 'pictures').iterdir()) == ['hierarchy_first_batch_0000000.png',
+                                                                      'hierarchy_first_batch_0000006.png']
 
 
 def test_supervised_trains_and_runs_classifier_its_ema_knn_and_pictures(tmp_path):

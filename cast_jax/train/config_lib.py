@@ -58,6 +58,7 @@ def moco_defaults() -> ml_collections.ConfigDict:
   c.log_every_steps = 50
   c.checkpoint_every_steps = 1000
   c.keep_checkpoints = 3
+  c.eval_at_start = False  # also evaluate the initial weights (step 0), e.g. to see what training adds
   c.eval_every_steps = 5000  # the default cadence of the evaluators below; each also runs at the last step
   c.eval_batch_size = 256  # the default global batch of the evaluators
   # Named evaluators (cast_jax.evaluators: type, split, num_examples, every_steps, prefix, options), logged as
@@ -166,6 +167,7 @@ def shrink_for_test(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   if 'hierarchy' in c.evals:
     c.evals.hierarchy.num_images = 2
   c.fast_compile = True
+  c.eval_at_start = False  # tests that want the step-0 evaluation ask for it
   return c
 
 

@@ -126,6 +126,25 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict[str, 
     evaluator.restore(history)
   del history
   last = {}
+
+  def evaluate(step: int, due: list) -> None:
+    """Runs the ``due`` evaluators on the current state; one metrics line, every key under its prefix."""
+    scalars, images = {}, {}
+    for evaluator in due:
+      ev_scalars, ev_images = evaluator.run(state, step)
+      scalars.update(evaluators_lib.with_prefix(evaluator, ev_scalars))
+      images.update(evaluators_lib.with_prefix(evaluator, ev_images))
+    writer.write_scalars(step, scalars)
+    if images:
+      writer.write_images(step, images)
+    last.update(scalars)
+    if is_main and scalars:
+      print(f'step {step}: ' + '  '.join(f'{k} {v:.2f}' if isinstance(v, float) else f'{k} {v}'
+                                         for k, v in scalars.items()), flush=True)
+
+  if config.get('eval_at_start', False) and start_step == 0:
+    # The untrained network's numbers, in the same run and log: what training is measured against.
+    evaluate(0, [evaluator for evaluator in evaluators if evaluator.every_steps > 0])
   last_saved = start_step if start_step else None
   timer_start, timer_steps, run_start = time.time(), 0, time.time()
   for step in range(start_step, total_steps):
@@ -163,18 +182,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict[str, 
       last_saved = done
     due = [evaluator for evaluator in evaluators if evaluator.due(done, total_steps)]
     if due:
-      scalars, images = {}, {}
-      for evaluator in due:  # one metrics line per evaluation step, every evaluator's keys under its prefix
-        ev_scalars, ev_images = evaluator.run(state, done)
-        scalars.update(evaluators_lib.with_prefix(evaluator, ev_scalars))
-        images.update(evaluators_lib.with_prefix(evaluator, ev_images))
-      writer.write_scalars(done, scalars)
-      if images:
-        writer.write_images(done, images)
-      last.update(scalars)
-      if is_main and scalars:
-        print(f'step {done}: ' + '  '.join(f'{k} {v:.2f}' if isinstance(v, float) else f'{k} {v}'
-                                           for k, v in scalars.items()), flush=True)
+      evaluate(done, due)
       timer_start, timer_steps = time.time(), 0
   checkpointer.close()
   writer.close()
