@@ -30,9 +30,10 @@ def evaluate_checkpoint(config, checkpoint: str, evaluator: str = 'knn', ema: bo
   import jax  # pylint: disable=import-outside-toplevel
 
   from cast_jax.models.variants import build_model  # pylint: disable=import-outside-toplevel
+  from cast_jax.run_folder import load_variables  # pylint: disable=import-outside-toplevel
   from cast_jax.train import evaluation, init_from, loop, sharding  # pylint: disable=import-outside-toplevel
 
-  source_spec, loaded = init_from.load_variables(checkpoint, use_ema=ema)
+  source_spec, loaded = load_variables(checkpoint, use_ema=ema)
   spec = loop.model_spec(config)
   classifier = evaluator in ('classifier', 'both')
   if not classifier:  # features only: evaluate the encoder the checkpoint holds, without any head
