@@ -18,16 +18,42 @@ import itertools
 import json
 import math
 import os
+import pathlib
+import time
 from typing import Any, Mapping
 
 import numpy as np
 from PIL import Image
+from tensorboardX import summary as tb_summary
+from tensorboardX.event_file_writer import EventsWriter
+from tensorboardX.proto.event_pb2 import Event
 
 from cast_jax.run_folder import RunFolder
 
 # Two writers opened in the same second by one process (a restart in a notebook, tests) would get the same
 # tensorboardX file name (seconds, host); a per-process counter and the pid keep every writer's file its own.
 _WRITER_COUNTER = itertools.count()
+
+
+class _EventFile:
+  """One new event file, written synchronously.
+
+  tensorboardX's ``SummaryWriter`` hands events to a background thread and its ``flush()`` does not wait for
+  that queue, so a run killed right after logging would lose its last events; its ``EventsWriter`` (the same
+  record writer, without the thread) writes each event before returning.
+  """
+
+  def __init__(self, logdir: pathlib.Path):
+    logdir.mkdir(parents=True, exist_ok=True)
+    self._writer = EventsWriter(str(logdir / 'events'), f'.{os.getpid()}.{next(_WRITER_COUNTER)}')
+
+  def write(self, step: int, summaries) -> None:
+    for summary in summaries:
+      self._writer.write_event(Event(wall_time=time.time(), step=step, summary=summary))
+    self._writer.flush()
+
+  def close(self) -> None:
+    self._writer.close()
 
 
 def _json_value(value: Any) -> Any:
@@ -75,12 +101,8 @@ class MetricWriter:
     self._jsonl = None
     self._events = None
     if enabled:
-      from tensorboardX import SummaryWriter  # pylint: disable=import-outside-toplevel
-
       self.run.root.mkdir(parents=True, exist_ok=True)
-      # flush_secs is a fallback only: every write_* flushes, so a killed run keeps all it logged.
-      self._events = SummaryWriter(str(self.run.tensorboard_dir), flush_secs=30,
-                                   filename_suffix=f'.{os.getpid()}.{next(_WRITER_COUNTER)}')
+      self._events = _EventFile(self.run.tensorboard_dir)
 
   def write_scalars(self, step: int, scalars: Mapping[str, float]) -> None:
     """One JSON line ``{"step": step, **scalars}`` and one TensorBoard scalar per entry."""
@@ -92,9 +114,7 @@ class MetricWriter:
     line = {'step': step, **{k: _json_value(v) for k, v in scalars.items()}}
     self._jsonl.write(json.dumps(line) + '\n')
     self._jsonl.flush()
-    for tag, value in scalars.items():
-      self._events.add_scalar(tag, float(value), step)
-    self._events.flush()
+    self._events.write(step, [tb_summary.scalar(tag, float(value)) for tag, value in scalars.items()])
 
   def write_images(self, step: int, images: Mapping[str, np.ndarray]) -> None:
     """Image summaries, plus ``pictures/<tag with / as _>_<step:07d>.png`` for each image."""
@@ -106,10 +126,11 @@ class MetricWriter:
     if not checked:
       return
     self.run.pictures_dir.mkdir(parents=True, exist_ok=True)
+    summaries = []
     for tag, image in checked.items():
       self.run.picture_path(tag, step).write_bytes(_png_bytes(image))
-      self._events.add_image(tag, image, step, dataformats='HWC')
-    self._events.flush()
+      summaries.append(tb_summary.image(tag, image, dataformats='HWC'))
+    self._events.write(step, summaries)
 
   def write_config(self, config: Mapping[str, Any]) -> None:
     """``config.json``, indented; values JSON has no type for (paths, dtypes, ...) are written with ``str``."""
