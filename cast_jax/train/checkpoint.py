@@ -54,10 +54,21 @@ class Checkpointer:
 
     abstract_state: a tree of jax.ShapeDtypeStruct with shardings (where to put each restored array).
     """
+    self._check_iterator_file(step)
     args = ocp.args.Composite(**{STATE_ITEM: ocp.args.StandardRestore(abstract_state),
                                  DATA_ITEM: grain.checkpoint.CheckpointRestore(iterator)})
     restored = self._manager.restore(step, args=args)
     return restored[STATE_ITEM]
+
+  def _check_iterator_file(self, step: int) -> None:
+    """grain keeps one file per process, named by process index and count: say so when they do not match."""
+    data = self.directory / str(step) / DATA_ITEM
+    mine = data / f'process_{jax.process_index()}-of-{jax.process_count()}.json'
+    if data.is_dir() and not mine.exists():
+      saved = sorted(p.name for p in data.glob('process_*.json'))
+      raise ValueError(f'{data} holds the data position of {saved or "no process"}, not of this process '
+                       f'({mine.name}): resume with the number of processes the run was saved with, or start a '
+                       'new workdir with --config.init_checkpoint pointing at this one')
 
   def wait(self) -> None:
     self._manager.wait_until_finished()
