@@ -18,6 +18,7 @@ from cast_jax.train import loop
 from cast_jax.train.distributed import WorkdirBusyError
 from cast_jax.train.logged_metrics import IntervalMeans
 from cast_jax.train.metric_writer import MetricWriter
+from cast_jax.train.profiling import StepProfiler
 
 
 def test_only_compile_options_xla_accepts_are_used():
@@ -50,13 +51,13 @@ def test_interval_means_average_metrics_and_keep_the_last_schedule_value():
     means.add({'loss': jnp.float32(1.0), 'extra': jnp.float32(1.0)})
 
 
-def _profile_config(first_step, num_steps):
-  return ml_collections.ConfigDict({'profile': {'first_step': first_step, 'num_steps': num_steps}})
+def _profile(first_step, num_steps):
+  return ml_collections.ConfigDict({'first_step': first_step, 'num_steps': num_steps})
 
 
 def test_profiler_traces_the_configured_steps_into_the_run_folder(tmp_path):
   run = RunFolder(tmp_path)
-  profiler = loop._Profiler(_profile_config(1, 2), run, start_step=0)  # pylint: disable=protected-access
+  profiler = StepProfiler(_profile(1, 2), run.profile_dir, start_step=0)
   step_fn = jax.jit(lambda x: x @ x)
   x = jnp.ones((8, 8))
   active = []
@@ -69,10 +70,11 @@ def test_profiler_traces_the_configured_steps_into_the_run_folder(tmp_path):
   traces = list(run.profile_dir.rglob('*.xplane.pb'))
   assert len(traces) == 1 and traces[0].stat().st_size > 0
   # A run resumed past first_step traces its first steps instead; num_steps=0 (the default) traces nothing.
-  assert loop._Profiler(_profile_config(1, 2), run, start_step=40).first == 40  # pylint: disable=protected-access
-  assert loop._Profiler(_profile_config(1, 0), run, start_step=0).first == -1  # pylint: disable=protected-access
+  assert StepProfiler(_profile(1, 2), run.profile_dir, start_step=40).first == 40
+  assert StepProfiler(_profile(1, 0), run.profile_dir).first == -1
+  assert StepProfiler(None, run.profile_dir).first == -1
   with pytest.raises(ValueError, match='num_steps'):
-    loop._Profiler(_profile_config(1, -1), run, start_step=0)  # pylint: disable=protected-access
+    StepProfiler(_profile(1, -1), run.profile_dir)
 
 
 def test_parameter_table_is_written_and_counts_every_array(tmp_path):

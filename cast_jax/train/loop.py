@@ -25,6 +25,7 @@ from cast_jax.run_folder import PARAMETERS, RunFolder
 from cast_jax.train import checkpoint, distributed, evaluation, init_from, inputs, optim, sharding, tasks
 from cast_jax.train.logged_metrics import IntervalMeans
 from cast_jax.train.metric_writer import MetricWriter, format_progress
+from cast_jax.train.profiling import StepProfiler
 
 # Compiling with these options is several times faster on CPU (the program is the same, its machine code
 # less optimised); the tests and the :test configs use them, where this jax/XLA accepts them.
@@ -120,37 +121,6 @@ def _write_parameter_overview(writer: MetricWriter, params, trainable: int) -> i
   return parameter_overview.count_parameters(params)
 
 
-class _Profiler:
-  """A ``jax.profiler`` trace of ``config.profile.num_steps`` steps from ``config.profile.first_step`` (or from
-  the step a resumed run starts at, if later) into the run folder's ``profile/`` (open it with TensorBoard's
-  profile plugin or Perfetto). Steps are waited for before the trace stops, so it holds their execution."""
-
-  def __init__(self, config, run: RunFolder, start_step: int):
-    profile = config.get('profile', None)
-    self.num_steps = int(profile.num_steps) if profile is not None else 0
-    if self.num_steps < 0:
-      raise ValueError(f'config.profile.num_steps must be >= 0 (0 = no trace), got {self.num_steps}')
-    self.first = max(int(profile.first_step), start_step) if self.num_steps else -1
-    self.directory = run.profile_dir
-    self.active = False
-
-  def before(self, step: int) -> None:
-    if step == self.first:
-      self.directory.mkdir(parents=True, exist_ok=True)
-      jax.profiler.start_trace(str(self.directory))
-      self.active = True
-
-  def after(self, step: int, outputs) -> None:
-    if self.active and step + 1 >= self.first + self.num_steps:
-      jax.block_until_ready(outputs)
-      self.stop()
-
-  def stop(self) -> None:
-    if self.active:
-      self.active = False
-      jax.profiler.stop_trace()
-
-
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict[str, Any]:
   """Trains (resuming from ``workdir`` when it holds a checkpoint); returns the last metrics.
 
@@ -221,7 +191,7 @@ def _train(config, run: RunFolder, writer: MetricWriter, cleanup: contextlib.Exi
   last, best_top1 = {}, _best_logged(run, 'top1', start_step)
   last_saved = start_step if start_step else None
   means = IntervalMeans()
-  profiler = _Profiler(config, run, start_step)
+  profiler = StepProfiler(config.get('profile', None), run.profile_dir, start_step)
   cleanup.callback(profiler.stop)
   timer_start, timer_steps, run_start = time.time(), 0, time.time()
   for step in range(start_step, total_steps):
