@@ -14,7 +14,7 @@ inference, evaluation and ``init_checkpoint`` read through it, without importing
     <workdir>/checkpoints/<step>/data     the data iterator's position (grain's checkpoint handler)
 
 Orbax writes a checkpoint into a temporary folder (``<step>.orbax-checkpoint-tmp-*``) and renames it to
-``<step>`` when complete, so a folder named by digits alone holds a finished checkpoint.
+``<step>`` when complete; ``finished_steps`` asks orbax which folders are finalized.
 
 Released weights (``python -m cast_jax.convert``, ``cast_jax.published``) are one ``.npz``;
 ``load_variables`` reads either form.
@@ -118,11 +118,13 @@ class RunFolder:
     return [json.loads(line) for line in self.metrics_path.read_text(encoding='utf-8').splitlines() if line]
 
   def finished_steps(self) -> list[int]:
-    """Steps with a complete checkpoint (a digits-only folder holding the state), ascending."""
+    """Steps with a complete checkpoint holding the train state, ascending (orbax decides what is finalized)."""
     if not self.checkpoints_dir.is_dir():
       return []
-    return sorted(int(p.name) for p in self.checkpoints_dir.iterdir()
-                  if p.name.isdigit() and (p / STATE_ITEM).is_dir())
+    import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
+
+    return sorted(step for step in ocp.path.step.checkpoint_steps(self.checkpoints_dir)
+                  if (self.checkpoint_dir(step) / STATE_ITEM).is_dir())
 
   def latest_step(self) -> Optional[int]:
     steps = self.finished_steps()
