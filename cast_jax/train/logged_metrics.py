@@ -3,6 +3,8 @@
 Built on ``clu.metrics``: an ``Average`` per metric, except schedule values (learning rate, MoCo momentum), which
 are the value of the logged step itself (``LastValue``): their mean over an interval is no value the run used.
 The accumulation stays on the devices (no host sync per step); ``compute()`` fetches the means once per log.
+A resumed run starts a new interval at the checkpoint's step, so when checkpoint_every_steps is not a multiple of
+log_every_steps, the first mean after a resume covers fewer steps than the uninterrupted run's.
 """
 
 from __future__ import annotations
