@@ -18,18 +18,17 @@ training workdir. Nothing here imports ``cast_jax.train``, so inference code can
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
-import pathlib
 import re
 from typing import Any, Callable, Mapping, Optional, Sequence
 
 import numpy as np
 
-from cast_jax.convert import flatten, load_converted, unflatten
+from cast_jax.convert import flatten, unflatten
 from cast_jax.models.resize import interpolation_matrix
 from cast_jax.models.variants import ModelSpec
-from cast_jax.torch_pickle import CheckpointError
+# Reading a checkpoint (an .npz or a workdir) belongs to the run folder's owner; re-exported for the callers here.
+from cast_jax.run_folder import encoder_only, load_variables  # noqa: F401  pylint: disable=unused-import
 
 # A resample rule: (checkpoint value, fresh shape) -> value of the fresh shape; raises ValueError when it cannot.
 Resample = Callable[[np.ndarray, tuple[int, ...]], np.ndarray]
@@ -231,15 +230,6 @@ def choose_rules(rules: Sequence[StartRules], source: ModelSpec, path: str = 'th
                    'checkpoint, or set --config.model.kind (and its size) to match the checkpoint.')
 
 
-def encoder_only(spec: ModelSpec, variables) -> tuple[ModelSpec, dict[str, Any]]:
-  """(spec, {'params', 'batch_stats'}) of the bare encoder inside any checkpoint: a MoCo checkpoint's
-  ``encoder`` subtree without projector, predictor or momentum branch; no classifier head in the spec."""
-  variables = {k: v for k, v in variables.items() if k in ('params', 'batch_stats')}
-  if spec.moco:
-    variables = {k: v.get('encoder', {}) for k, v in variables.items()}
-  return spec.replace(moco=False, num_classes=0), variables
-
-
 def start_from(fresh, target: ModelSpec, source: ModelSpec, loaded, rules: StartRules, *, seed: int = 0,
                path: str = 'the checkpoint') -> tuple[dict[str, Any], list[str]]:
   """``loaded`` (variables of a ``source`` model) onto ``fresh`` (of ``target``) under ``rules``;
@@ -286,37 +276,3 @@ CROSS_KIND: dict[tuple[str, str], Callable[[], StartRules]] = {
     ('cast_deit', 'cast_seg_deit'): deit_into_seg_deit,
     ('cast_seg_pretrain', 'cast_seg'): moco_seg_into_seg,
 }
-
-
-# --------------------------------------------------------------------------------------------------------
-# Reading checkpoints.
-
-
-def _spec_from_workdir(workdir: pathlib.Path) -> ModelSpec:
-  config = json.loads((workdir / 'config.json').read_text())
-  return ModelSpec.from_config(config['model'])  # lists become tuples there
-
-
-def load_variables(path, use_ema: bool = False) -> tuple[ModelSpec, dict[str, Any]]:
-  """(spec, variables) from a converted .npz or from a training workdir (its latest checkpoint).
-
-  use_ema: take a supervised run's weight EMA instead of its weights (MoCo's momentum encoder otherwise).
-  """
-  path = pathlib.Path(path)
-  if path.is_file():
-    spec, variables = load_converted(path)
-    return spec, {k: variables[k] for k in ('params', 'batch_stats') if k in variables}
-  checkpoints = path / 'checkpoints'
-  if not (path / 'config.json').is_file() or not checkpoints.is_dir():
-    raise CheckpointError(f'{path} is neither a converted .npz (python -m cast_jax.convert) nor a cast_jax '
-                          'workdir with config.json and checkpoints/')
-  steps = sorted(int(p.name) for p in checkpoints.iterdir() if p.name.isdigit() and (p / 'state').is_dir())
-  if not steps:
-    raise CheckpointError(f'{checkpoints} holds no finished checkpoint')
-  import jax  # pylint: disable=import-outside-toplevel
-  import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
-
-  state = ocp.StandardCheckpointer().restore(checkpoints / str(steps[-1]) / 'state')
-  prefix = 'ema_' if use_ema else ''
-  variables = {'params': state[prefix + 'params'], 'batch_stats': state[prefix + 'batch_stats'] or {}}
-  return _spec_from_workdir(path), jax.tree_util.tree_map(np.asarray, variables)

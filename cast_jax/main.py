@@ -1,8 +1,10 @@
 """Trains a model from a config file: ``python -m cast_jax.main --config=configs/demo.py --workdir=DIR``.
 
 Append ``:test`` to any config for a tiny run; override fields with ``--config.batch_size=64`` etc. A workdir
-that holds a checkpoint is resumed. On several hosts, start one process per host with the usual
-``jax.distributed`` environment (or --coordinator_address/--num_processes/--process_id).
+that holds a checkpoint is resumed. On several hosts, start one process per host: under SLURM, Open MPI's
+``mpirun`` or on a Cloud TPU slice listing its hosts, the environment is enough (``--distributed=auto``, the
+default, starts ``jax.distributed`` from it); elsewhere pass ``--distributed=on`` where JAX can detect the
+cluster, or --coordinator_address/--num_processes/--process_id. Only one run may write a workdir at a time.
 """
 
 from __future__ import annotations
@@ -12,6 +14,10 @@ from ml_collections import config_flags
 
 config_flags.DEFINE_config_file('config', None, 'Path to a config file (configs/*.py[:test]).', lock_config=True)
 flags.DEFINE_string('workdir', None, 'Where checkpoints, metrics and pictures go.')
+flags.DEFINE_enum('distributed', 'auto', ['auto', 'on', 'off'],
+                  'Start jax.distributed: auto = when the environment is a multi-process job (SLURM, mpirun, '
+                  'Cloud TPU hosts, JAX_COORDINATOR_ADDRESS) or the flags below are given; on = always (JAX '
+                  'detects the cluster); off = never.')
 flags.DEFINE_string('coordinator_address', None, 'host:port of process 0, for multi-process runs.')
 flags.DEFINE_integer('num_processes', None, 'Number of processes of a multi-process run.')
 flags.DEFINE_integer('process_id', None, 'This process index in a multi-process run.')
@@ -24,11 +30,9 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   logging.set_verbosity(FLAGS.log_level)
-  import jax  # pylint: disable=import-outside-toplevel
+  from cast_jax.train import distributed  # pylint: disable=import-outside-toplevel
 
-  if FLAGS.num_processes and FLAGS.num_processes > 1:
-    jax.distributed.initialize(coordinator_address=FLAGS.coordinator_address, num_processes=FLAGS.num_processes,
-                               process_id=FLAGS.process_id)
+  distributed.start(FLAGS.distributed, FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
   from cast_jax.train.loop import train_and_evaluate  # pylint: disable=import-outside-toplevel
 
   train_and_evaluate(FLAGS.config, FLAGS.workdir)

@@ -33,7 +33,7 @@ from cast_jax.data.sources import IMAGE_EXTENSIONS, list_images
 from cast_jax.models.hierarchy import encoder_forward
 from cast_jax.models.variants import ModelSpec, build_encoder
 from cast_jax.superpixels import compute_superpixels, preset
-from cast_jax.loading import encoder_only, load_variables
+from cast_jax.run_folder import encoder_only, load_variables
 
 class Segmenter:
   """Image array in, hierarchy out, for a CAST checkpoint (used by the command and the notebooks).

@@ -1,4 +1,5 @@
-"""MetricWriter: hand-encoded TensorBoard events round-trip, JSON lines, pictures, progress line."""
+"""MetricWriter: TensorBoard events (tensorboardX) read back by TensorBoard's own reader, JSON lines, pictures,
+config, closing on errors, and the progress line (with its ETA after a resume)."""
 
 from __future__ import annotations
 
@@ -9,31 +10,30 @@ import math
 import numpy as np
 import pytest
 from PIL import Image
+from tensorboard.backend.event_processing import event_accumulator
 
-from cast_jax.train.metric_writer import (
-    MetricWriter, crc32c, format_progress, masked_crc32c, read_events)
+from cast_jax.run_folder import RunFolder
+from cast_jax.train.metric_writer import MetricWriter, format_progress
 
 
-def _event_file(workdir):
-  files = sorted((workdir / 'tensorboard').glob('events.out.tfevents.*'))
-  assert len(files) == 1, files
-  return files[0]
+def _event_files(workdir):
+  return sorted((workdir / 'tensorboard').glob('events.out.tfevents.*'))
+
+
+def _read(workdir) -> event_accumulator.EventAccumulator:
+  """TensorBoard's reader over the run's event folder (every image kept, not a sample)."""
+  acc = event_accumulator.EventAccumulator(str(workdir / 'tensorboard'),
+                                           size_guidance={event_accumulator.IMAGES: 0,
+                                                          event_accumulator.SCALARS: 0})
+  acc.Reload()
+  return acc
 
 
 def _image(seed, h=5, w=7):
   return np.random.default_rng(seed).integers(0, 256, size=(h, w, 3), dtype=np.uint8)
 
 
-def test_crc32c_known_vectors():
-  assert crc32c(b'123456789') == 0xE3069283
-  assert crc32c(b'') == 0
-  assert crc32c(b'a') == 0xC1D04330
-  # The masked value follows the TFRecord formula.
-  crc = 0xE3069283
-  assert masked_crc32c(b'123456789') == (((crc >> 15) | (crc << 17)) + 0xA282EAD8) % 2**32
-
-
-def test_scalars_and_images_round_trip(tmp_path):
+def test_scalars_and_images_round_trip_through_tensorboard(tmp_path):
   writer = MetricWriter(tmp_path)
   writer.write_scalars(10, {'loss': 2.5, 'lr': 1.5e-4})
   writer.write_scalars(20, {'loss': 1.25, 'lr': 3e-4, 'grad_norm': float('nan')})
@@ -41,65 +41,52 @@ def test_scalars_and_images_round_trip(tmp_path):
   writer.write_images(20, {'val/segments': img_a, 'train': img_b})
   writer.close()
 
-  events = read_events(_event_file(tmp_path))
-  assert events[0]['file_version'] == 'brain.Event:2'
-  assert 'scalars' not in events[0]
-  assert len(events) == 4
-  assert [e['step'] for e in events[1:]] == [10, 20, 20]
-  assert all(e['wall_time'] > 1e9 for e in events)
+  assert len(_event_files(tmp_path)) == 1
+  acc = _read(tmp_path)
+  tags = acc.Tags()
+  assert sorted(tags['scalars']) == ['grad_norm', 'loss', 'lr']
+  assert sorted(tags['images']) == ['train', 'val/segments']
+  assert [(s.step, s.value) for s in acc.Scalars('loss')] == [(10, 2.5), (20, 1.25)]
+  assert [s.step for s in acc.Scalars('lr')] == [10, 20]
+  assert [s.value for s in acc.Scalars('lr')] == pytest.approx([1.5e-4, 3e-4], rel=1e-6)
+  (nan,) = acc.Scalars('grad_norm')
+  assert nan.step == 20 and math.isnan(nan.value)
+  assert all(s.wall_time > 1e9 for s in acc.Scalars('loss'))
 
-  assert events[1]['scalars'] == {'loss': 2.5, 'lr': pytest.approx(1.5e-4, rel=1e-6)}
-  assert events[1]['images'] == {}
-  s2 = events[2]['scalars']
-  assert s2['loss'] == 1.25 and s2['lr'] == pytest.approx(3e-4, rel=1e-6)
-  assert math.isnan(s2['grad_norm'])
-
-  images = events[3]['images']
-  assert events[3]['scalars'] == {}
-  assert sorted(images) == ['train', 'val/segments']
   for tag, want in (('val/segments', img_a), ('train', img_b)):
-    h, w, png = images[tag]
-    assert (h, w) == want.shape[:2]
-    np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(png))), want)
-    saved = tmp_path / 'pictures' / f"{tag.replace('/', '_')}_0000020.png"
+    (event,) = acc.Images(tag)
+    assert (event.step, event.height, event.width) == (20, *want.shape[:2])
+    np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(event.encoded_image_string))), want)
+    saved = RunFolder(tmp_path).picture_path(tag, 20)
+    assert saved == tmp_path / 'pictures' / f"{tag.replace('/', '_')}_0000020.png"
     np.testing.assert_array_equal(np.asarray(Image.open(saved)), want)
-
-  # A directory reads the same as its single file.
-  assert read_events(tmp_path / 'tensorboard')[1]['scalars']['loss'] == 2.5
 
 
 def test_negative_and_large_steps_round_trip(tmp_path):
   with MetricWriter(tmp_path) as writer:
     writer.write_scalars(-3, {'x': 1.0})
     writer.write_scalars(2**40 + 5, {'x': 2.0})
-  events = read_events(_event_file(tmp_path))
-  assert [e['step'] for e in events[1:]] == [-3, 2**40 + 5]
+  assert [(s.step, s.value) for s in _read(tmp_path).Scalars('x')] == [(-3, 1.0), (2**40 + 5, 2.0)]
 
 
-@pytest.mark.parametrize('where', ['length', 'data'])
-def test_corrupt_byte_raises(tmp_path, where):
-  with MetricWriter(tmp_path) as writer:
-    writer.write_scalars(1, {'loss': 1.0})
-  path = _event_file(tmp_path)
-  raw = bytearray(path.read_bytes())
-  assert len(read_events(path)) == 2
-  # The second record starts after the first: 8 length + 4 crc + data + 4 crc.
-  first_len = int.from_bytes(raw[:8], 'little')
-  second = 16 + first_len
-  offset = second + (0 if where == 'length' else 12 + 3)
-  raw[offset] ^= 0x01
-  path.write_bytes(bytes(raw))
-  with pytest.raises(ValueError, match='CRC mismatch'):
-    read_events(path)
+def test_events_are_on_disk_before_close(tmp_path):
+  """A run killed with SIGKILL never closes its writer: each write must already be readable."""
+  writer = MetricWriter(tmp_path)
+  writer.write_scalars(1, {'loss': 0.5})
+  assert [(s.step, s.value) for s in _read(tmp_path).Scalars('loss')] == [(1, 0.5)]
+  writer.close()
 
 
-def test_truncated_file_raises(tmp_path):
-  with MetricWriter(tmp_path) as writer:
-    writer.write_scalars(1, {'loss': 1.0})
-  path = _event_file(tmp_path)
-  path.write_bytes(path.read_bytes()[:-2])
-  with pytest.raises(ValueError, match='truncated'):
-    read_events(path)
+def test_close_on_an_error_flushes_and_closes_everything(tmp_path):
+  with pytest.raises(RuntimeError, match='boom'):
+    with MetricWriter(tmp_path) as writer:
+      writer.write_scalars(3, {'loss': 0.25})
+      raise RuntimeError('boom')
+  assert writer._events is None and writer._jsonl is None and not writer.enabled  # pylint: disable=protected-access
+  assert [(s.step, s.value) for s in _read(tmp_path).Scalars('loss')] == [(3, 0.25)]
+  writer.write_scalars(4, {'loss': 1.0})  # a closed writer ignores writes instead of reopening files
+  assert len((tmp_path / 'metrics.jsonl').read_text().splitlines()) == 1
+  writer.close()  # twice is fine
 
 
 def test_metrics_jsonl(tmp_path):
@@ -118,8 +105,10 @@ def test_metrics_jsonl(tmp_path):
   assert rows[0] == {'step': 1, 'loss': 0.5, 'acc': 0.25, 'count': 7}
   assert rows[1] == {'step': 2, 'loss': 'nan', 'lr': 'inf', 'g': '-inf'}
   assert rows[2] == {'step': 3, 'loss': 0.125}
-  # Two writers, two event files.
-  assert len(list((tmp_path / 'tensorboard').glob('events.out.tfevents.*'))) == 2
+  assert RunFolder(tmp_path).read_metrics() == rows
+  # Two writers, two event files (even within one second), and TensorBoard reads both.
+  assert len(_event_files(tmp_path)) == 2
+  assert [s.step for s in _read(tmp_path).Scalars('loss')] == [1, 2, 3]
 
 
 def test_write_config(tmp_path):
@@ -127,8 +116,9 @@ def test_write_config(tmp_path):
     writer.write_config({'model': {'name': 'cast_small', 'depth': 12}, 'path': tmp_path, 'sizes': (1, 2)})
   text = (tmp_path / 'config.json').read_text()
   assert '\n  "model": {' in text  # indent=2
-  assert json.loads(text) == {'model': {'name': 'cast_small', 'depth': 12}, 'path': str(tmp_path),
-                              'sizes': [1, 2]}
+  expected = {'model': {'name': 'cast_small', 'depth': 12}, 'path': str(tmp_path), 'sizes': [1, 2]}
+  assert json.loads(text) == expected
+  assert RunFolder(tmp_path).read_config() == expected
 
 
 @pytest.mark.parametrize('bad', [
@@ -143,7 +133,7 @@ def test_bad_images_rejected(tmp_path, bad):
       writer.write_images(5, {'ok': _image(0), 'bad': bad})
   # Nothing of the batch was written.
   assert not list((tmp_path / 'pictures').glob('*.png'))
-  assert len(read_events(_event_file(tmp_path))) == 1
+  assert _read(tmp_path).Tags()['images'] == []
 
 
 def test_disabled_writer_creates_nothing(tmp_path):
@@ -153,6 +143,7 @@ def test_disabled_writer_creates_nothing(tmp_path):
   writer.write_scalars(1, {'loss': 1.0})
   writer.write_images(1, {'x': _image(0)})
   writer.write_images(1, {'x': np.zeros(3)})  # Not even validated.
+  writer.write_text('parameters.txt', 'x')
   writer.close()
   assert not workdir.exists()
   assert list(tmp_path.iterdir()) == []
@@ -170,19 +161,11 @@ def test_format_progress():
   assert format_progress(10, 10, {}, 5.0, 50.0).endswith('ETA 0:00:00')
 
 
-def test_tensorboard_reads_our_files_when_installed(tmp_path):
-  """Extra check against the real reader; the hand-rolled reader above covers the format without it."""
-  try:
-    from tensorboard.backend.event_processing import event_accumulator
-  except ImportError:
-    return
-  with MetricWriter(tmp_path) as writer:
-    writer.write_scalars(7, {'loss': 0.75})
-    writer.write_images(7, {'val/img': _image(2)})
-  acc = event_accumulator.EventAccumulator(str(tmp_path / 'tensorboard'), size_guidance={'images': 0})
-  acc.Reload()
-  scalars = acc.Scalars('loss')
-  assert [(s.step, s.value) for s in scalars] == [(7, 0.75)]
-  (img,) = acc.Images('val/img')
-  assert (img.step, img.height, img.width) == (7, 5, 7)
-  np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(img.encoded_image_string))), _image(2))
+def test_eta_after_a_resume_counts_from_the_resumed_step():
+  # Resumed at 90,000 of 100,000; 10 steps in 20 s here -> 2 s per step, 9,990 steps left -> 19,980 s.
+  line = format_progress(90_010, 100_000, {}, 1.0, 20.0, start_step=90_000)
+  assert line.endswith('ETA 5:33:00'), line
+  # Right after the resume nothing was timed yet.
+  assert format_progress(90_000, 100_000, {}, 0.0, 5.0, start_step=90_000).endswith('ETA ?')
+  with pytest.raises(ValueError, match='start_step'):
+    format_progress(5, 10, {}, 1.0, 1.0, start_step=6)

@@ -83,10 +83,18 @@ def test_run_writes_metrics_pictures_checkpoints_and_knn(reference):
   assert sorted(p.name for p in (workdir / 'checkpoints').iterdir() if p.name.isdigit()) == ['4', '6']  # keep 2
   assert list((workdir / 'pictures').glob('hierarchy_first_batch_0000006.png'))
   assert list((workdir / 'tensorboard').glob('events.out.tfevents.*'))
-  from cast_jax.train.metric_writer import read_events
+  from tensorboard.backend.event_processing import event_accumulator
 
-  tags = {t for e in read_events(workdir / 'tensorboard') for t in e.get('scalars', {})}
-  assert {'loss', 'lr', 'momentum', 'knn/top1'} <= tags
+  events = event_accumulator.EventAccumulator(str(workdir / 'tensorboard'))
+  events.Reload()
+  assert {'loss', 'lr', 'momentum', 'knn/top1'} <= set(events.Tags()['scalars'])
+  assert [e.step for e in events.Scalars('loss')] == [1, 2, 3, 4, 5, 6]
+  assert events.Scalars('loss')[-1].value == pytest.approx(per_step[6], rel=1e-6)
+  assert any(tag.startswith('hierarchy') for tag in events.Tags()['images'])
+  assert 'Total:' in (workdir / 'parameters.txt').read_text()
+  assert not (workdir / 'owner.json').exists()  # released at the end
+  # One data-iterator file per process, written by grain's checkpoint handler.
+  assert (workdir / 'checkpoints' / '6' / 'data' / 'process_0-of-1.json').is_file()
 
 
 def test_sigkill_and_restart_reproduce_the_losses_exactly(reference, tmp_path, cache):

@@ -45,6 +45,7 @@ def evaluate_checkpoint(config, checkpoint: str, evaluator: str = 'knn', ema: bo
 
   from cast_jax import evaluators  # pylint: disable=import-outside-toplevel
   from cast_jax.models.variants import build_model  # pylint: disable=import-outside-toplevel
+  from cast_jax.run_folder import load_variables  # pylint: disable=import-outside-toplevel
   from cast_jax.train import init_from, loop, sharding  # pylint: disable=import-outside-toplevel
 
   names = evaluator_names(evaluator)
@@ -55,7 +56,7 @@ def evaluate_checkpoint(config, checkpoint: str, evaluator: str = 'knn', ema: bo
   if pictures:
     names += [n for n in available if config.evals[n].get('type', n) == 'hierarchy_pictures' and n not in names]
   types = {n: config.evals[n].get('type', n) for n in names}
-  source_spec, loaded = init_from.load_variables(checkpoint, use_ema=ema)
+  source_spec, loaded = load_variables(checkpoint, use_ema=ema)
   spec = loop.model_spec(config)
   classifier = 'classifier' in types.values()
   if not classifier:  # features only: evaluate the encoder the checkpoint holds, without any head

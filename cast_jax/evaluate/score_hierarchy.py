@@ -22,7 +22,7 @@ from cast_jax.data.augment import normalize
 from cast_jax.evaluate.segment_scores import SegmentScore
 from cast_jax.models.variants import build_encoder
 from cast_jax.segment import Segmenter, resize_nearest
-from cast_jax.loading import encoder_only, load_variables
+from cast_jax.run_folder import encoder_only, load_variables
 
 NUM_PART_CLASSES = 29  # background + 28 parts
 

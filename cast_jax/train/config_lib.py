@@ -70,6 +70,8 @@ def moco_defaults() -> ml_collections.ConfigDict:
   c.init_checkpoint = ''  # a converted .npz to start from
   c.compilation_cache_dir = ''
   c.fast_compile = False  # cheaper XLA CPU code generation (tests)
+  # A jax.profiler trace of num_steps steps from first_step into <workdir>/profile (0: none).
+  c.profile = ml_collections.ConfigDict(dict(first_step=10, num_steps=0))
   return c
 
 

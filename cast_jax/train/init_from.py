@@ -1,12 +1,14 @@
-"""Compatibility shim: checkpoint reading and loading live in ``cast_jax.loading`` (importable without
-``cast_jax.train``); which checkpoints a trainer starts from is declared by its task (``tasks.start_rules``)."""
+"""Compatibility shim: reading checkpoints lives in ``cast_jax.run_folder``, laying them onto a model in
+``cast_jax.loading`` (both importable without ``cast_jax.train``); which checkpoints a trainer starts from is declared by its task (``tasks.start_rules``)."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from cast_jax.loading import encoder_only, load, load_variables  # noqa: F401  (re-exported)
+from cast_jax.loading import load
 from cast_jax.models.variants import ModelSpec
+# Reading a checkpoint (an .npz or a workdir) belongs to the run folder's owner; re-exported for callers here.
+from cast_jax.run_folder import encoder_only, load_variables  # noqa: F401  pylint: disable=unused-import
 
 HEAD = 'params/head/.*'
 

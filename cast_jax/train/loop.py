@@ -2,16 +2,18 @@
 
 One jitted step over a device mesh; the state (parameters, optimizer, momentum encoder, step, RNG) and the
 data iterator's position are checkpointed together, so a restarted job continues exactly where the last
-checkpoint left it. Process 0 writes metrics (metrics.jsonl, TensorBoard), pictures and the config.
+checkpoint left it. Process 0 owns the run folder (``cast_jax.run_folder``; a second process writing the same
+workdir is refused) and writes metrics (metrics.jsonl, TensorBoard; each logged value is the mean over the steps
+since the previous log), pictures, the parameter table and the config. ``config.profile`` traces a few steps.
 """
 
 from __future__ import annotations
 
-import json
+import contextlib
+import functools
 import math
-import pathlib
 import time
-from typing import Any
+from typing import Any, Mapping
 
 import jax
 import jax.numpy as jnp
@@ -20,11 +22,14 @@ import ml_collections
 from cast_jax import evaluators as evaluators_lib
 from cast_jax.data.pipeline import summarize_skips
 from cast_jax.models.variants import ModelSpec, build_model, compute_dtype
-from cast_jax.train import checkpoint, inputs, optim, schedules, sharding, tasks
+from cast_jax.run_folder import PARAMETERS, RunFolder
+from cast_jax.train import checkpoint, distributed, inputs, optim, schedules, sharding, tasks
+from cast_jax.train.logged_metrics import IntervalMeans
 from cast_jax.train.metric_writer import MetricWriter, format_progress
+from cast_jax.train.profiling import StepProfiler
 
 # Compiling with these options is several times faster on CPU (the program is the same, its machine code
-# less optimised); the tests and the :test configs use them.
+# less optimised); the tests and the :test configs use them, where this jax/XLA accepts them.
 FAST_CPU_COMPILE = {'xla_backend_optimization_level': 0, 'xla_cpu_use_fusion_emitters': False}
 
 
@@ -36,9 +41,32 @@ def model_spec(config) -> ModelSpec:
   return ModelSpec.from_config(config.model.to_dict())
 
 
+def accepted_compiler_options(candidates: Mapping[str, Any]) -> dict[str, Any]:
+  """The subset of ``candidates`` this jax/XLA accepts, found by compiling a tiny function with each option.
+
+  XLA's options come and go between versions (``xla_cpu_use_fusion_emitters`` is refused by the XLA of jax 0.12:
+  'No such compile option'); an unknown one fails the compilation of every function it is passed to.
+  """
+  return dict(_accepted(tuple(sorted(candidates.items()))))
+
+
+@functools.lru_cache(maxsize=None)
+def _accepted(candidates: tuple[tuple[str, Any], ...]) -> tuple[tuple[str, Any], ...]:
+  accepted = []
+  for name, value in candidates:
+    try:
+      jax.jit(lambda x: x + 1, compiler_options={name: value}).lower(1.0).compile()
+    except Exception:  # pylint: disable=broad-except  # XLA raises JaxRuntimeError, older jax TypeError
+      continue
+    accepted.append((name, value))
+  return tuple(accepted)
+
+
 def _jit(fn, config, **kwargs):
   if config.fast_compile and jax.default_backend() == 'cpu':
-    return jax.jit(fn, compiler_options=FAST_CPU_COMPILE, **kwargs)
+    options = accepted_compiler_options(FAST_CPU_COMPILE)
+    if options:
+      return jax.jit(fn, compiler_options=options, **kwargs)
   return jax.jit(fn, **kwargs)
 
 
@@ -54,25 +82,43 @@ def initial_variables(config, spec: ModelSpec, model) -> dict[str, Any]:
   return tasks.starting_variables(config, spec, fresh)
 
 
-def _logged_before(workdir: pathlib.Path, up_to_step: int) -> list[dict[str, Any]]:
+def _logged_before(run: RunFolder, up_to_step: int) -> list[dict[str, Any]]:
   """The metrics.jsonl records at or before ``up_to_step``: what a resumed run's evaluators pick up
   (the probe's best top-1)."""
-  path = workdir / 'metrics.jsonl'
-  if not path.exists():
-    return []
-  records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-  return [r for r in records if r.get('step', 0) <= up_to_step]
+  return [r for r in run.read_metrics() if r.get('step', 0) <= up_to_step]
+
+
+def _write_parameter_overview(writer: MetricWriter, params, trainable: int) -> int:
+  """The per-array table (name, shape, dtype, size, mean, std) into the run folder; returns the total size."""
+  from clu import parameter_overview  # pylint: disable=import-outside-toplevel
+
+  table = parameter_overview.get_parameter_overview(params)
+  writer.write_text(PARAMETERS, f'{table}\nTrainable: {trainable}\n')
+  return parameter_overview.count_parameters(params)
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict[str, Any]:
-  """Trains (resuming from ``workdir`` when it holds a checkpoint); returns the last metrics."""
-  workdir = pathlib.Path(workdir)
+  """Trains (resuming from ``workdir`` when it holds a checkpoint); returns the last metrics.
+
+  Raises WorkdirBusyError when another live process is writing ``workdir``. Every file is closed (and the
+  workdir released) however the run ends.
+  """
+  run = RunFolder(workdir)
+  workdir = run.root
   workdir.mkdir(parents=True, exist_ok=True)
   if config.compilation_cache_dir:
     jax.config.update('jax_compilation_cache_dir', str(config.compilation_cache_dir))
     jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.0)
   is_main = jax.process_index() == 0
-  writer = MetricWriter(workdir, enabled=is_main)
+  with contextlib.ExitStack() as cleanup:
+    if is_main:
+      cleanup.enter_context(distributed.WorkdirOwner(run.owner_path))
+    writer = cleanup.enter_context(MetricWriter(workdir, enabled=is_main))
+    return _train(config, run, writer, cleanup)
+
+
+def _train(config, run: RunFolder, writer: MetricWriter, cleanup: contextlib.ExitStack) -> dict[str, Any]:
+  workdir, is_main = run.root, jax.process_index() == 0
   writer.write_config(config.to_dict())
 
   mesh = sharding.make_mesh(config.mesh.fsdp)
@@ -97,17 +143,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict[str, 
   state = _jit(objective.init_state, config, out_shardings=state_sharding)(*host_inputs)
   del host_inputs
 
-  checkpointer = checkpoint.Checkpointer(workdir, keep=config.keep_checkpoints)
-  start_step, data_state = 0, None
-  if checkpointer.latest_step() is not None:
-    start_step = checkpointer.latest_step()
-    state, data_state = checkpointer.restore(start_step, checkpoint.abstract_with_shardings(abstract, state_sharding))
-    print(f'resumed from {checkpointer.directory}/{start_step}', flush=True)
-
   local_batch = config.batch_size // jax.process_count()
   iterator = task.make_iterator(local_batch, jax.process_index(), jax.process_count())
-  if data_state:
-    iterator.set_state(data_state)
+  checkpointer = cleanup.enter_context(checkpoint.Checkpointer(workdir, keep=config.keep_checkpoints))
+  start_step = 0
+  if checkpointer.latest_step() is not None:
+    start_step = checkpointer.latest_step()
+    state = checkpointer.restore(start_step, checkpoint.abstract_with_shardings(abstract, state_sharding), iterator)
+    print(f'resumed from {checkpointer.directory}/{start_step}', flush=True)
 
   train_step = _jit(objective.train_step, config, in_shardings=(state_sharding, sharding.batch_sharding(mesh)),
                     out_shardings=(state_sharding, replicated), donate_argnums=(0,))
@@ -116,12 +159,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict[str, 
 
   if is_main:
     trainable = optim.count_trainable(variables['params'], task.trainable_labels)
-    print(f'{spec.kind} {spec.variant}: {trainable / 1e6:.2f}M trainable parameters; {total_steps} steps '
-          f'({steps_per_epoch}/epoch), global batch {config.batch_size} on {mesh.devices.size} device(s) '
-          f'{dict(mesh.shape)}', flush=True)
+    total = _write_parameter_overview(writer, variables['params'], trainable)
+    print(f'{spec.kind} {spec.variant}: {total / 1e6:.2f}M parameters ({trainable / 1e6:.2f}M trainable; table '
+          f'in {run.parameters_path}); {total_steps} steps ({steps_per_epoch}/epoch), global batch '
+          f'{config.batch_size} on {mesh.devices.size} device(s) {dict(mesh.shape)}', flush=True)
   del variables
 
-  history = _logged_before(workdir, start_step)
+  history = _logged_before(run, start_step)
   for evaluator in evaluators:
     evaluator.restore(history)
   del history
@@ -146,23 +190,28 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict[str, 
     # The untrained network's numbers, in the same run and log: what training is measured against.
     evaluate(0, [evaluator for evaluator in evaluators if evaluator.every_steps > 0])
   last_saved = start_step if start_step else None
+  means = IntervalMeans()
+  profiler = StepProfiler(config.get('profile', None), run.profile_dir, start_step)
+  cleanup.callback(profiler.stop)
   timer_start, timer_steps, run_start = time.time(), 0, time.time()
   for step in range(start_step, total_steps):
     local = next(iterator)
     skipped = summarize_skips(local)
     device_batch = sharding.global_batch({k: local[k] for k in task.batch_keys}, mesh)
-    state, metrics = train_step(state, device_batch)
+    profiler.before(step)
+    state, step_metrics = train_step(state, device_batch)
+    profiler.after(step, (state, step_metrics))
+    means.add(step_metrics)
     timer_steps += 1
     done = step + 1
     log_now = done % config.log_every_steps == 0 or done == total_steps
     save_now = done % config.checkpoint_every_steps == 0 or done == total_steps
     if log_now or save_now:  # only then wait for the device: other steps are dispatched while this one runs
-      # A non-finite loss poisons the parameters, so it is still visible at the next check; checking before
-      # every save keeps bad states out of the checkpoints.
-      metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+      # A non-finite loss poisons the parameters and every mean over it, so it is still visible at the next
+      # check; checking before every save keeps bad states out of the checkpoints.
+      metrics = means.compute()
       if not math.isfinite(metrics['loss']):
         checkpointer.wait()
-        writer.close()
         raise NonFiniteLossError(
             f'the loss became {metrics["loss"]} at step {done} or earlier (checked at every log step and before '
             f'each save); stopped without saving this state. The last good checkpoint is step {last_saved} in '
@@ -174,16 +223,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict[str, 
       last = dict(metrics, images_per_second=images_per_second, skipped_records=skipped,
                   epoch=done / steps_per_epoch)
       writer.write_scalars(done, last)
+      means.reset()
       if is_main:
-        print(format_progress(done, total_steps, metrics, images_per_second, time.time() - run_start), flush=True)
+        print(format_progress(done, total_steps, metrics, images_per_second, time.time() - run_start,
+                              start_step=start_step), flush=True)
       timer_start, timer_steps = time.time(), 0
     if save_now:
-      checkpointer.save(done, state, iterator.get_state())
+      checkpointer.save(done, state, iterator)
       last_saved = done
     due = [evaluator for evaluator in evaluators if evaluator.due(done, total_steps)]
     if due:
       evaluate(done, due)
       timer_start, timer_steps = time.time(), 0
-  checkpointer.close()
-  writer.close()
   return last
