@@ -1,0 +1,159 @@
+"""Parity with the original Segmenter (segmenter/segm): eval-mode masks, the decoder alone, the pad path.
+
+Folders are found by meta.json ``kind`` under ``$CAST_GOLDEN_DIR/segmentation``; every model is built from the
+folder's meta.json and its checkpoint goes through the command-line converter.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from cast_jax import convert
+from cast_jax.models import ModelSpec, build_model
+from cast_jax.models.segmenter import SuperpixMaskTransformer, gather_to_pixels, nearest_indices
+from conftest import assert_close_golden, fast_jit, golden_dir
+
+# Below this margin the original's own float32 noise may flip an argmax (golden README, "Near-ties").
+TIE_MARGIN = 1e-5
+
+
+def segmentation_folders(kind: str) -> list[str]:
+  root = golden_dir() / 'segmentation'
+  if not root.is_dir():
+    return []
+  return sorted(p.name for p in root.iterdir()
+                if (p / 'meta.json').is_file() and json.loads((p / 'meta.json').read_text())['kind'] == kind)
+
+
+def require_folder(name: str):
+  path = golden_dir() / 'segmentation' / name
+  if not (path / 'meta.json').is_file():
+    message = f'segmentation golden fixtures not found at {path}: set CAST_GOLDEN_DIR to the folder above segmentation/'
+    if os.environ.get('CI'):
+      pytest.fail(message)
+    pytest.skip(message)
+  return path
+
+
+def segmenter_spec(meta: dict, max_segments: int) -> ModelSpec:
+  """The ModelSpec the original's constructor arguments in meta.json describe."""
+  enc, dec = meta['encoder'], meta['decoder']
+  assert enc['module'].endswith('cast_seg_deit.CAST') and dec['module'].endswith('SuperpixMaskTransformer')
+  assert enc['patch_size'] == dec['patch_size'] == 8 and dec['d_encoder'] == enc['embed_dim']
+  return ModelSpec(kind='cast_seg_deit', embed_dim=enc['embed_dim'], depth=tuple(enc['depth']),
+                   num_heads=enc['num_heads'], num_clusters=tuple(enc['num_clusters']), image_size=enc['img_size'],
+                   max_segments=max_segments, seg_classes=meta['n_cls'], decoder_dim=dec['d_model'],
+                   decoder_depth=dec['n_layers'], decoder_heads=dec['n_heads'], decoder_mlp_dim=dec['d_ff'],
+                   decoder_dropout=dec['dropout'], drop_path_rate=enc['drop_path_rate'])
+
+
+def converted_variables(folder_path, meta, spec, tmp_path):
+  """The folder's checkpoint through ``python -m cast_jax.convert``; checks what it detected."""
+  checkpoint = folder_path / meta['checkpoint'].split(':')[0].split(' ')[0]
+  dst = tmp_path / 'segmenter.npz'
+  argv = [str(checkpoint), str(dst), '--num-clusters', ','.join(map(str, spec.num_clusters)),
+          '--max-segments', str(spec.max_segments), '--num-heads', str(spec.num_heads),
+          '--decoder-heads', str(spec.decoder_heads)]
+  assert convert.main(argv) == 0
+  detected, variables = convert.load_converted(dst)
+  for field in ('kind', 'embed_dim', 'depth', 'image_size', 'seg_classes', 'decoder_dim', 'decoder_depth',
+                'decoder_mlp_dim', 'decoder_heads'):
+    assert getattr(detected, field) == getattr(spec, field), f'converter detected {field}={getattr(detected, field)}'
+  return {'params': variables['params'], 'batch_stats': variables['batch_stats']}
+
+
+def assert_prediction(name, actual, expected, margin):
+  """Identical labels except where the original's best-vs-second margin is float32 noise."""
+  actual, expected = np.asarray(actual), np.asarray(expected)
+  assert actual.shape == expected.shape, f'{name}: shape {actual.shape} != {expected.shape}'
+  differ = (actual != expected) & (margin >= TIE_MARGIN)
+  assert not differ.any(), f'{name}: {int(differ.sum())} of {expected.size} pixels differ away from ties'
+
+
+SEGMENTER_FOLDERS = segmentation_folders('segmenter') or ['<segmenter fixtures missing>']
+
+
+@pytest.mark.parametrize('folder', SEGMENTER_FOLDERS)
+def test_segmenter_eval_masks_match_original(folder, tmp_path):
+  path = require_folder(folder)
+  meta = json.loads((path / 'meta.json').read_text())
+  inputs, expected = np.load(path / 'inputs.npz'), np.load(path / 'outputs.npz')
+  sets = [('', 'image', 'superpixels')]
+  if 'pad_image' in inputs.files:
+    sets.append(('pad_', 'pad_image', 'pad_superpixels'))
+  # Static slots beyond every set's token count: the padding slots must not change anything.
+  slots = max(int(inputs[sp].max()) + 1 for _, _, sp in sets) + 5
+  spec = segmenter_spec(meta, slots)
+  variables = converted_variables(path, meta, spec, tmp_path)
+  model = build_model(spec)
+  forward = fast_jit(lambda v, x, s: model.apply(v, x, s, train=False))
+
+  for prefix, image_key, sp_key in sets:
+    images = jnp.asarray(inputs[image_key].transpose(0, 2, 3, 1))  # the original takes NCHW
+    superpixels = jnp.asarray(inputs[sp_key])
+    out = forward(variables, images, superpixels)
+    num_tokens = expected[prefix + 'encoder_tokens'].shape[1] - 1
+    assert bool(np.all(np.asarray(out['valid_tokens']) == (np.arange(slots) < num_tokens)))
+    assert_close_golden(prefix + 'encoder_tokens', out['tokens'][:, :1 + num_tokens], expected[prefix + 'encoder_tokens'])
+    assert_close_golden(prefix + 'decoder_masks_sp', out['masks_sp'][:, :num_tokens],
+                        expected[prefix + 'decoder_masks_sp'])
+    masks = np.asarray(out['masks']).transpose(0, 3, 1, 2)
+    err = assert_close_golden(prefix + 'masks', masks, expected[prefix + 'masks'])
+    print(f'{folder} {prefix or "crop "}masks: largest scaled difference {err:.2g}')
+    if prefix + 'prediction' in expected.files:
+      assert_prediction(prefix + 'prediction', masks.argmax(1), expected[prefix + 'prediction'],
+                        expected[prefix + 'prediction_margin'])
+
+
+@pytest.mark.parametrize('folder', SEGMENTER_FOLDERS)
+def test_segmenter_decoder_alone_matches_original(folder, tmp_path):
+  """The decoder on the original's own encoder tokens: isolates it from the encoder's float noise."""
+  path = require_folder(folder)
+  meta = json.loads((path / 'meta.json').read_text())
+  inputs, expected = np.load(path / 'inputs.npz'), np.load(path / 'outputs.npz')
+  spec = segmenter_spec(meta, int(inputs['superpixels'].max()) + 1)
+  variables = converted_variables(path, meta, spec, tmp_path)
+  decoder = SuperpixMaskTransformer(n_cls=spec.seg_classes, dropout=spec.decoder_dropout, **spec.decoder_size())
+  dec_vars = {'params': variables['params']['decoder']}
+  for prefix, sp_key in (('', 'superpixels'), ('pad_', 'pad_superpixels')):
+    if prefix + 'decoder_masks_sp' not in expected.files:
+      continue
+    tokens = jnp.asarray(expected[prefix + 'encoder_tokens'][:, 1:])
+    # Two padding slots with garbage tokens: masked out of attention, they must change nothing.
+    padded = jnp.concatenate([tokens, jnp.full_like(tokens[:, :2], 7.0)], axis=1)
+    valid = jnp.arange(padded.shape[1])[None] < tokens.shape[1]
+    valid = jnp.broadcast_to(valid, padded.shape[:2])
+    masks_sp = fast_jit(lambda v, t, m: decoder.apply(v, t, m, train=False))(dec_vars, padded, valid)
+    assert_close_golden(prefix + 'decoder_masks_sp', masks_sp[:, :tokens.shape[1]], expected[prefix + 'decoder_masks_sp'])
+    # The per-pixel gather of the golden per-token scores gives the golden masks (pad path: stretch, then crop).
+    superpixels = inputs[sp_key]
+    height, width = superpixels.shape[1:]
+    padded_hw = (-(-height // 8) * 8, -(-width // 8) * 8)
+    pixels = gather_to_pixels(jnp.asarray(expected[prefix + 'decoder_masks_sp']), jnp.asarray(superpixels), padded_hw)
+    assert_close_golden(prefix + 'masks', np.asarray(pixels)[:, :height, :width].transpose(0, 3, 1, 2),
+                        expected[prefix + 'masks'])
+
+
+def test_nearest_indices_are_pytorch_legacy_nearest():
+  # floor(dst * in / out): a stretch, e.g. 92 -> 96 repeats source rows 0, 23, 46 and 69 once each.
+  idx = nearest_indices(92, 96)
+  np.testing.assert_array_equal(idx, np.arange(96) * 92 // 96)
+  values, counts = np.unique(idx, return_counts=True)
+  assert values.tolist() == list(range(92)) and values[counts == 2].tolist() == [0, 23, 46, 69]
+  assert nearest_indices(7, 7).tolist() == list(range(7))
+
+
+def test_segmenter_rejects_mismatched_superpixels():
+  spec = ModelSpec(kind='cast_seg_deit', embed_dim=24, num_clusters=(4, 3, 2, 1), max_segments=8, seg_classes=3,
+                   decoder_dim=16, decoder_heads=1)
+  model = build_model(spec)
+  with pytest.raises(ValueError, match='same pixels'):
+    jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, 16, 16, 3)), jnp.zeros((1, 8, 8), int)))
+  with pytest.raises(ValueError, match='cast_seg_deit'):
+    ModelSpec(kind='cast_deit', seg_classes=3)
