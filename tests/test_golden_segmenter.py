@@ -1,4 +1,5 @@
-"""Parity with the original Segmenter (segmenter/segm): eval-mode masks, the decoder alone, the pad path.
+"""Parity with the original Segmenter (segmenter/segm): eval-mode masks, the decoder alone, the pad path and
+sliding-window inference.
 
 Folders are found by meta.json ``kind`` under ``$CAST_GOLDEN_DIR/segmentation``; every model is built from the
 folder's meta.json and its checkpoint goes through the command-line converter.
@@ -17,6 +18,8 @@ import pytest
 from cast_jax import convert
 from cast_jax.models import ModelSpec, build_model
 from cast_jax.models.segmenter import SuperpixMaskTransformer, gather_to_pixels, nearest_indices
+from cast_jax.sliding_window import (SEGMENTER_MEAN, SEGMENTER_STD, SlidingWindow, denormalize_to_uint8,
+                                     resize_short_side, segmenter_window_fn, sliding_window_inference, window_anchors)
 from conftest import assert_close_golden, fast_jit, golden_dir
 
 # Below this margin the original's own float32 noise may flip an argmax (golden README, "Near-ties").
@@ -157,3 +160,57 @@ def test_segmenter_rejects_mismatched_superpixels():
     jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, 16, 16, 3)), jnp.zeros((1, 8, 8), int)))
   with pytest.raises(ValueError, match='cast_seg_deit'):
     ModelSpec(kind='cast_deit', seg_classes=3)
+
+
+WINDOW_FOLDERS = segmentation_folders('segmenter_window') or ['<segmenter_window fixtures missing>']
+
+
+@pytest.mark.parametrize('folder', WINDOW_FOLDERS)
+def test_sliding_window_inference_matches_original(folder, tmp_path):
+  path = require_folder(folder)
+  meta = json.loads((path / 'meta.json').read_text())
+  inputs, expected = np.load(path / 'inputs.npz'), np.load(path / 'outputs.npz')
+  settings = SlidingWindow(window=meta['window_size'], stride=meta['window_stride'],
+                           window_batch=meta['window_batch_size'], mean=tuple(meta['normalization']['mean']),
+                           std=tuple(meta['normalization']['std']))
+  assert settings.superpixels.segments_for(settings.window, settings.window) == meta['num_superpixels_per_window']
+  # More slots than any window's superpixels: padding slots must change nothing.
+  slots = meta['num_superpixels_per_window'] + 4
+  spec = segmenter_spec(meta, slots)
+  variables = converted_variables(path, meta, spec, tmp_path)
+  model = build_model(spec)
+  calls = []
+  forward = segmenter_window_fn(model, variables)
+
+  def apply_fn(images, superpixels):
+    calls.append(images.shape)
+    return forward(images, superpixels)
+
+  out = sliding_window_inference(apply_fn, inputs['image'].transpose(1, 2, 0), settings, max_segments=slots)
+  assert set(calls) == {(settings.window_batch, settings.window, settings.window, 3)}  # one static shape
+  assert_close_golden('window_anchors', out['anchors'], expected['window_anchors'])
+  assert_close_golden('window_count', out['count'], expected['window_count'])
+  assert_close_golden('window_superpixels', out['window_superpixels'], expected['window_superpixels'])
+  assert_close_golden('window_masks', out['window_masks'].transpose(0, 3, 1, 2), expected['window_masks'])
+  assert_close_golden('merged_logits', out['merged_logits'].transpose(2, 0, 1), expected['merged_logits'])
+  err = assert_close_golden('probs', out['probs'].transpose(2, 0, 1), expected['probs'])
+  print(f'{folder}: probs largest difference {err:.2g}')
+  assert_prediction('prediction', out['prediction'], expected['prediction'], expected['prediction_margin'])
+
+
+def test_sliding_window_pieces():
+  # Anchors: the last window is flush with the border; a side equal to the window gives one anchor.
+  assert window_anchors(140, 64, 48) == [0, 48, 76]
+  assert window_anchors(64, 64, 48) == [0]
+  with pytest.raises(ValueError, match='shorter than'):
+    window_anchors(60, 64, 48)
+  # The short side is upsampled to the window (int() of the other side), and only when it is shorter.
+  image = np.random.default_rng(0).standard_normal((40, 90, 3)).astype(np.float32)
+  assert resize_short_side(image, 64).shape == (64, 144, 3)
+  assert resize_short_side(image, 32) is image
+  # Truncation, not rounding, after float32 x * std + mean (what SEEDS starts from).
+  window = ((np.array([[[10.9, 0.2, 254.99]]]) - np.array(SEGMENTER_MEAN)) / np.array(SEGMENTER_STD))
+  assert denormalize_to_uint8(window.astype(np.float32), SEGMENTER_MEAN, SEGMENTER_STD).tolist() in (
+      [[[10, 0, 254]]], [[[10, 0, 255]]])
+  with pytest.raises(ValueError, match='multiple of the encoder stride'):
+    SlidingWindow(window=100, stride=50)
