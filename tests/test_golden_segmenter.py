@@ -214,3 +214,76 @@ def test_sliding_window_pieces():
       [[[10, 0, 254]]], [[[10, 0, 255]]])
   with pytest.raises(ValueError, match='multiple of the encoder stride'):
     SlidingWindow(window=100, stride=50)
+
+
+def test_segmenter_starts_from_the_deit_checkpoint_with_a_fresh_decoder():
+  """train_cast.py's start: the DeiT cast_deit encoder (CROSS_KIND rules), the decoder as the original initialises."""
+  from cast_jax import loading
+  from cast_jax.train.segmentation import start_segmenter
+  from conftest import checkpoint_path, load_meta, quick_variables, require_golden, spec_from_meta
+
+  require_golden()
+  meta = load_meta('deit_cast')
+  source = spec_from_meta(meta)
+  deit = convert.convert_checkpoint(checkpoint_path('deit_cast'), spec=source).variables
+  target = ModelSpec(kind='cast_seg_deit', embed_dim=meta['embed_dim'], depth=tuple(meta['depth']),
+                     num_heads=meta['num_heads'], seg_classes=5)
+  model = build_model(target)
+  size = target.image_size
+  fresh = quick_variables(model, jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32),
+                          jax.ShapeDtypeStruct((1, size, size), jnp.int32))
+  fresh = jax.tree_util.tree_map(np.asarray, dict(fresh))
+  variables, kept = start_segmenter(fresh, target, source, deit, seed=1)
+  ours, checkpoint, initial = (loading.flat_names(t) for t in (variables, deit, fresh))
+  assert set(ours) == set(initial)
+  decoder = {n for n in initial if n.startswith('params/decoder/')}
+  fusion = {n for n in initial if '/encoder/block_fusion/' in n}
+  assert set(kept) == decoder | fusion and len(decoder) == 2 * 12 + 9
+  for name, value in ours.items():
+    if name in decoder:
+      np.testing.assert_array_equal(value, initial[name], err_msg=name)
+    elif name not in fusion:
+      collection, rest = name.split('/encoder/')
+      np.testing.assert_array_equal(value, checkpoint[f'{collection}/{rest}'], err_msg=name)
+  with pytest.raises(ValueError, match='already holds a Segmenter'):
+    start_segmenter(fresh, target, target, variables)
+
+
+def test_decoder_initialisation_is_the_originals():
+  """init_weights: Linear trunc_normal(0.02) and bias 0, LayerNorm 1/0; cls_emb trunc_normal(0.02);
+  proj_patch / proj_classes d_model^-0.5 * randn."""
+  d_model, n_cls = 128, 7
+  decoder = SuperpixMaskTransformer(n_cls=n_cls, d_model=d_model, n_layers=2, n_heads=2, d_ff=4 * d_model)
+  tokens = jnp.zeros((1, 5, 48))
+  params = jax.jit(decoder.init)(jax.random.PRNGKey(0), tokens, jnp.ones((1, 5), bool))['params']
+  assert params['proj_dec']['kernel'].shape == (48, d_model)
+  assert params['blocks_1']['attn']['qkv']['kernel'].shape == (d_model, 3 * d_model)
+  assert params['blocks_0']['mlp']['fc1']['kernel'].shape == (d_model, 4 * d_model)
+  for name, std in (('proj_dec', 0.02), ('blocks_0/attn/qkv', 0.02), ('blocks_1/mlp/fc2', 0.02)):
+    node = params
+    for part in name.split('/'):
+      node = node[part]
+    assert abs(float(np.std(node['kernel'])) / std - 1) < 0.1, name
+    np.testing.assert_array_equal(node['bias'], 0.0)
+  assert abs(float(np.std(params['cls_emb'])) / 0.02 - 1) < 0.2 and params['cls_emb'].shape == (1, n_cls, d_model)
+  for name in ('proj_patch', 'proj_classes'):
+    assert abs(float(np.std(params[name])) * d_model ** 0.5 - 1) < 0.05, name
+  for name in ('decoder_norm', 'mask_norm'):
+    np.testing.assert_array_equal(params[name]['scale'], 1.0)
+    np.testing.assert_array_equal(params[name]['bias'], 0.0)
+  assert params['mask_norm']['scale'].shape == (n_cls,)
+
+
+def test_decoder_dropout_needs_train_mode_and_padding_slots_are_inert():
+  decoder = SuperpixMaskTransformer(n_cls=3, d_model=64, n_heads=1, d_ff=128, dropout=0.5)
+  tokens = jax.random.normal(jax.random.PRNGKey(1), (2, 6, 16))
+  valid = jnp.broadcast_to(jnp.arange(6) < 4, (2, 6))
+  variables = decoder.init(jax.random.PRNGKey(0), tokens, valid)
+  apply = jax.jit(decoder.apply, static_argnames='train')
+  eval_a = apply(variables, tokens, valid, train=False)
+  eval_b = apply(variables, tokens.at[:, 4:].set(100.0), valid, train=False)  # garbage in padding slots
+  np.testing.assert_allclose(eval_a[:, :4], eval_b[:, :4], atol=1e-6)
+  train = apply(variables, tokens, valid, train=True, rngs={'dropout': jax.random.PRNGKey(2)})
+  assert float(np.abs(np.asarray(train) - np.asarray(eval_a)).max()) > 1e-2
+  # mask_norm: LayerNorm over classes, so each token's scores have mean bias (0) and unit-ish spread.
+  np.testing.assert_allclose(np.asarray(eval_a).mean(-1), 0.0, atol=1e-5)

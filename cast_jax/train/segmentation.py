@@ -20,6 +20,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from cast_jax import loading
+from cast_jax.models.variants import ModelSpec
 from cast_jax.train import optim
 from cast_jax.train.schedules import polynomial
 from cast_jax.train.state import GradientStep, TrainState
@@ -115,3 +117,36 @@ class SegmentationObjective(GradientStep):
   def jit_step(self, **jit_kwargs):
     """The jitted ``train_step(state, batch) -> (state, metrics)``; the state's buffers are donated."""
     return jax.jit(self.train_step, donate_argnums=(0,), **jit_kwargs)
+
+
+def start_segmenter(fresh, target: ModelSpec, source: ModelSpec, loaded, *, seed: int = 0,
+                    path: str = 'the checkpoint') -> tuple[dict[str, Any], list[str]]:
+  """The Segmenter's start from an encoder checkpoint (``train_cast.py``: the published DeiT ``cast_deit``).
+
+  The encoder subtree of ``fresh`` (a ``SuperpixSegmenter``'s variables) gets ``loading.CROSS_KIND``'s rules for
+  its kind (``block_fusion`` with PyTorch's default init, ``norm``/``head`` dropped, the position table resampled
+  when the grid differs); the decoder keeps its fresh values (the original's initialisation). A checkpoint of a
+  Segmenter itself loads with ``loading.load`` directly (the trees are the same). Returns (variables, names of the
+  leaves kept fresh).
+  """
+  if not target.seg_classes:
+    raise ValueError(f'start_segmenter builds a Segmenter; the target spec has seg_classes=0 ({target})')
+  if source.seg_classes:
+    raise ValueError(f'{path} already holds a Segmenter; load it with cast_jax.loading.load instead')
+  make = loading.CROSS_KIND.get((source.kind, target.kind))
+  rules = make() if make is not None else loading.StartRules(kinds=(target.kind,), moco=None,
+                                                             skip_unexpected=('params/head/.*',))
+  collections = [c for c in ('params', 'batch_stats') if c in fresh]
+  for collection in collections:
+    if 'encoder' not in fresh[collection] or (collection == 'params' and 'decoder' not in fresh[collection]):
+      raise ValueError(f'fresh variables are not a Segmenter\'s (no {collection}/encoder and decoder subtrees)')
+  encoder_fresh = {c: fresh[c]['encoder'] for c in collections}
+  encoder, kept = loading.start_from(encoder_fresh, target.replace(seg_classes=0), source, loaded, rules, seed=seed,
+                                     path=path)
+  out = {}
+  for collection in collections:
+    out[collection] = {k: v for k, v in fresh[collection].items() if k != 'encoder'}
+    out[collection]['encoder'] = encoder.get(collection, {})
+  kept = [f'{n.split("/", 1)[0]}/encoder/{n.split("/", 1)[1]}' for n in kept]
+  kept += [n for n in loading.flat_names(fresh) if n.split('/')[1] != 'encoder']
+  return out, sorted(kept)
