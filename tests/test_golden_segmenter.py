@@ -287,3 +287,27 @@ def test_decoder_dropout_needs_train_mode_and_padding_slots_are_inert():
   assert float(np.abs(np.asarray(train) - np.asarray(eval_a)).max()) > 1e-2
   # mask_norm: LayerNorm over classes, so each token's scores have mean bias (0) and unit-ish spread.
   np.testing.assert_allclose(np.asarray(eval_a).mean(-1), 0.0, atol=1e-5)
+
+
+def test_segmenter_checkpoint_conversion_names_what_does_not_fit():
+  from cast_jax.torch_pickle import load_torch_checkpoint
+
+  path = require_folder('segmenter_cast')
+  meta = json.loads((path / 'meta.json').read_text())
+  checkpoint = load_torch_checkpoint(path / 'checkpoint.pth')
+  overrides = dict(num_clusters=tuple(meta['encoder']['num_clusters']), max_segments=64)
+  branches, info = convert.split_branches(checkpoint)
+  assert set(branches) == {'encoder', 'decoder'} and info['segmenter'] and info['n_cls'] == meta['n_cls']
+  spec = convert.detect_spec(branches, info, overrides)
+  # Heads are not in the weights: the factory's d_model // 64 unless given.
+  assert spec.seg_classes == meta['n_cls'] and spec.decoder_size()['n_heads'] == max(1, meta['decoder']['d_model'] // 64)
+
+  with pytest.raises(convert.ConversionError, match=r'n_cls=7 but decoder.cls_emb has 6'):
+    convert.detect_spec(branches, dict(info, n_cls=7), overrides)
+  model = dict(checkpoint['model'], **{'aux_head.weight': np.zeros((2, 2), np.float32)})
+  with pytest.raises(convert.ConversionError, match='aux_head.weight'):
+    convert.split_branches(dict(checkpoint, model=model))
+  model = {k: v for k, v in checkpoint['model'].items() if k != 'decoder.blocks.1.norm1.weight'}
+  branches, info = convert.split_branches(dict(checkpoint, model=model))
+  with pytest.raises(convert.ConversionError, match='missing params/decoder/blocks_1/norm1/scale'):
+    convert.convert_state(branches, info, spec)

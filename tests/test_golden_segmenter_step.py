@@ -20,6 +20,7 @@ from cast_jax import convert
 from cast_jax.models import build_model
 from cast_jax.train.segmentation import (SegmentationObjective, masked_cross_entropy, segmenter_optimizer,
                                          segmenter_schedule)
+from conftest import fast_compile_options, fast_jit
 from test_golden_segmenter import converted_variables, require_folder, segmentation_folders, segmenter_spec
 
 FOLDERS = segmentation_folders('segmenter') or ['<segmenter fixtures missing>']
@@ -85,13 +86,17 @@ def test_segmenter_two_sgd_steps_match_original(folder, tmp_path):
   state = objective.init_state(variables, jax.random.PRNGKey(0))
   batch = {'image': jnp.asarray(inputs['image'].transpose(0, 2, 3, 1)),
            'superpixels': jnp.asarray(inputs['superpixels']), 'label': jnp.asarray(inputs['labels'])}
-  gradients = jax.jit(objective.gradients)
-  step = jax.jit(objective.apply_gradients)
+  # The step a loop runs (jitted, state donated); the gradients it applies are read from the jitted
+  # ``gradients`` at the same state (the same computation: train_step is gradients then apply_gradients).
+  options = fast_compile_options()
+  gradients = fast_jit(objective.gradients)
+  step = objective.jit_step(**({'compiler_options': options} if options else {}))
   grads, losses, lrs = [], [], []
   for _ in range(train['steps']):
     g, aux = gradients(state, batch)
-    state, metrics = step(state, g, aux)
     grads.append(jax.tree_util.tree_map(np.asarray, g))
+    state, metrics = step(state, batch)
+    np.testing.assert_allclose(float(metrics['loss']), float(aux['loss']), rtol=1e-6)
     losses.append(float(metrics['loss']))
     lrs.append(float(metrics['lr']))
   np.testing.assert_allclose(losses, golden['loss'], rtol=1e-5)
