@@ -92,8 +92,8 @@ def segmenter_window_fn(model, variables) -> Callable[[Any, Any], Any]:
   return lambda images, superpixels: forward(variables, images, superpixels)
 
 
-def sliding_window_inference(apply_fn, image: np.ndarray, settings: SlidingWindow,
-                             max_segments: int | None = None) -> dict[str, np.ndarray]:
+def sliding_window_inference(apply_fn, image: np.ndarray, settings: SlidingWindow, max_segments: int | None = None,
+                             flipped: bool = False) -> dict[str, np.ndarray]:
   """Class probabilities of one image.
 
   Args:
@@ -102,6 +102,8 @@ def sliding_window_inference(apply_fn, image: np.ndarray, settings: SlidingWindo
     image: (H, W, 3) float image normalised with ``settings.mean``/``std``.
     settings: window, stride, batch, normalisation, superpixels.
     max_segments: the model's token slots (bounds each window's SEEDS ids); default the requested count.
+    flipped: the image was flipped left-right by the caller (the original's ``flip`` meta): the merged logits
+      are flipped back before the softmax.
 
   Returns a dict: 'probs' (H, W, C) float32, 'prediction' (H, W) int32, 'merged_logits' (H, W, C), and what the
   windows were: 'anchors' (nW, 2) (top, left), 'window_superpixels' (nW, w, w), 'window_masks' (nW, w, w, C),
@@ -133,6 +135,8 @@ def sliding_window_inference(apply_fn, image: np.ndarray, settings: SlidingWindo
     logits[t:t + ws, l:l + ws] += m
     count[t:t + ws, l:l + ws] += 1
   merged = bilinear_resize(logits / count[..., None].astype(np.float32), (height, width))
+  if flipped:
+    merged = merged[:, ::-1]
   shifted = merged - merged.max(axis=-1, keepdims=True)
   probs = np.exp(shifted)
   probs /= probs.sum(axis=-1, keepdims=True)

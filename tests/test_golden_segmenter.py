@@ -18,8 +18,9 @@ import pytest
 from cast_jax import convert
 from cast_jax.models import ModelSpec, build_model
 from cast_jax.models.segmenter import SuperpixMaskTransformer, gather_to_pixels, nearest_indices
-from cast_jax.sliding_window import (SEGMENTER_MEAN, SEGMENTER_STD, SlidingWindow, denormalize_to_uint8,
-                                     resize_short_side, segmenter_window_fn, sliding_window_inference, window_anchors)
+from cast_jax.sliding_window import (SEGMENTER_MEAN, SEGMENTER_STD, SlidingWindow, bilinear_resize,
+                                     denormalize_to_uint8, resize_short_side, segmenter_window_fn, sliding_window_inference, window_anchors)
+from cast_jax.superpixels import seeds_grid
 from conftest import assert_close_golden, fast_jit, golden_dir
 
 # Below this margin the original's own float32 noise may flip an argmax (golden README, "Near-ties").
@@ -174,8 +175,10 @@ def test_sliding_window_inference_matches_original(folder, tmp_path):
                            window_batch=meta['window_batch_size'], mean=tuple(meta['normalization']['mean']),
                            std=tuple(meta['normalization']['std']))
   assert settings.superpixels.segments_for(settings.window, settings.window) == meta['num_superpixels_per_window']
-  # More slots than any window's superpixels: padding slots must change nothing.
-  slots = meta['num_superpixels_per_window'] + 4
+  # More slots than any window's superpixels (SEEDS' grid may exceed the request): padding slots change nothing.
+  ws = settings.window
+  seeds_count = seeds_grid(ws, ws, meta['num_superpixels_per_window']).count
+  slots = max(seeds_count, meta['num_superpixels_per_window'], meta['encoder']['num_clusters'][0]) + 4
   spec = segmenter_spec(meta, slots)
   variables = converted_variables(path, meta, spec, tmp_path)
   model = build_model(spec)
@@ -311,3 +314,33 @@ def test_segmenter_checkpoint_conversion_names_what_does_not_fit():
   branches, info = convert.split_branches(dict(checkpoint, model=model))
   with pytest.raises(convert.ConversionError, match='missing params/decoder/blocks_1/norm1/scale'):
     convert.convert_state(branches, info, spec)
+
+
+def test_sliding_window_merge_of_an_identity_model():
+  """With a 'model' that returns its input window, the merged logits are the image itself (every window agrees),
+  through the upsampling of a short image too; the last group is padded to the static batch shape."""
+  rng = np.random.default_rng(0)
+  settings = SlidingWindow(window=32, stride=24, window_batch=3)
+  shapes = []
+
+  def identity(images, superpixels):
+    shapes.append(images.shape)
+    assert superpixels.shape == images.shape[:3] and superpixels.dtype == np.int32
+    return images
+
+  image = rng.standard_normal((50, 70, 3)).astype(np.float32)
+  out = sliding_window_inference(identity, image, settings)
+  assert out['anchors'].tolist() == [[0, 0], [0, 24], [0, 38], [18, 0], [18, 24], [18, 38]]
+  assert out['count'].min() >= 1 and out['count'].max() == 4
+  np.testing.assert_allclose(out['merged_logits'], image, atol=1e-5)
+  np.testing.assert_array_equal(out['prediction'], image.argmax(-1))
+  assert set(shapes) == {(3, 32, 32, 3)} and len(shapes) == 2
+  flipped = sliding_window_inference(identity, image, settings, flipped=True)
+  np.testing.assert_allclose(flipped['merged_logits'], image[:, ::-1], atol=1e-5)
+  # A short image is upsampled (short side = window) and the merge is resized back to its own size.
+  small = rng.standard_normal((20, 30, 3)).astype(np.float32)
+  out = sliding_window_inference(identity, small, settings)
+  assert out['count'].shape == (32, 48)
+  np.testing.assert_allclose(out['merged_logits'], bilinear_resize(bilinear_resize(small, (32, 48)), (20, 30)),
+                             atol=1e-5)
+  np.testing.assert_allclose(out['probs'].sum(-1), 1.0, atol=1e-5)
