@@ -19,7 +19,8 @@ from cast_jax import convert
 from cast_jax.models import ModelSpec, build_model
 from cast_jax.models.segmenter import SuperpixMaskTransformer, gather_to_pixels, nearest_indices
 from cast_jax.sliding_window import (SEGMENTER_MEAN, SEGMENTER_STD, SlidingWindow, bilinear_resize,
-                                     denormalize_to_uint8, resize_short_side, segmenter_window_fn, sliding_window_inference, window_anchors)
+                                     denormalize_to_uint8, resize_short_side, segmenter_window_fn,
+                                     sliding_window_inference, window_anchors)
 from cast_jax.superpixels import seeds_grid
 from conftest import assert_close_golden, fast_jit, golden_dir
 
@@ -104,7 +105,8 @@ def test_segmenter_eval_masks_match_original(folder, tmp_path):
     out = forward(variables, images, superpixels)
     num_tokens = expected[prefix + 'encoder_tokens'].shape[1] - 1
     assert bool(np.all(np.asarray(out['valid_tokens']) == (np.arange(slots) < num_tokens)))
-    assert_close_golden(prefix + 'encoder_tokens', out['tokens'][:, :1 + num_tokens], expected[prefix + 'encoder_tokens'])
+    assert_close_golden(prefix + 'encoder_tokens', out['tokens'][:, :1 + num_tokens],
+                        expected[prefix + 'encoder_tokens'])
     assert_close_golden(prefix + 'decoder_masks_sp', out['masks_sp'][:, :num_tokens],
                         expected[prefix + 'decoder_masks_sp'])
     masks = np.asarray(out['masks']).transpose(0, 3, 1, 2)
@@ -134,7 +136,8 @@ def test_segmenter_decoder_alone_matches_original(folder, tmp_path):
     valid = jnp.arange(padded.shape[1])[None] < tokens.shape[1]
     valid = jnp.broadcast_to(valid, padded.shape[:2])
     masks_sp = fast_jit(lambda v, t, m: decoder.apply(v, t, m, train=False))(dec_vars, padded, valid)
-    assert_close_golden(prefix + 'decoder_masks_sp', masks_sp[:, :tokens.shape[1]], expected[prefix + 'decoder_masks_sp'])
+    assert_close_golden(prefix + 'decoder_masks_sp', masks_sp[:, :tokens.shape[1]],
+                        expected[prefix + 'decoder_masks_sp'])
     # The per-pixel gather of the golden per-token scores gives the golden masks (pad path: stretch, then crop).
     superpixels = inputs[sp_key]
     height, width = superpixels.shape[1:]
@@ -303,7 +306,8 @@ def test_segmenter_checkpoint_conversion_names_what_does_not_fit():
   assert set(branches) == {'encoder', 'decoder'} and info['segmenter'] and info['n_cls'] == meta['n_cls']
   spec = convert.detect_spec(branches, info, overrides)
   # Heads are not in the weights: the factory's d_model // 64 unless given.
-  assert spec.seg_classes == meta['n_cls'] and spec.decoder_size()['n_heads'] == max(1, meta['decoder']['d_model'] // 64)
+  assert spec.seg_classes == meta['n_cls']
+  assert spec.decoder_size()['n_heads'] == max(1, meta['decoder']['d_model'] // 64)
 
   with pytest.raises(convert.ConversionError, match=r'n_cls=7 but decoder.cls_emb has 6'):
     convert.detect_spec(branches, dict(info, n_cls=7), overrides)

@@ -14,7 +14,7 @@ Parameter names mirror the state dict (``decoder.blocks.0.attn.qkv`` <-> ``decod
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any
 
 import flax.linen as nn
 import jax
