@@ -109,6 +109,18 @@ def test_segmenter_eval_masks_match_original(folder, tmp_path):
                         expected[prefix + 'encoder_tokens'])
     assert_close_golden(prefix + 'decoder_masks_sp', out['masks_sp'][:, :num_tokens],
                         expected[prefix + 'decoder_masks_sp'])
+    inter = out['intermediates']
+    for level in range(1, len(spec.num_clusters) + 1):
+      # Graph pooling's integer choices, identical away from near-ties (the fixtures' margins are >= 1e-4).
+      name = f'{prefix}sampled_inds{level}'
+      if name in expected.files:
+        fps_ok = expected[f'{prefix}fps_margin{level}'].min(axis=1) >= TIE_MARGIN
+        assert_close_golden(name, np.asarray(inter[f'sampled_inds{level}'])[fps_ok], expected[name][fps_ok])
+      name = f'{prefix}assign{level}'
+      if name in expected.files:
+        rows = expected[name].shape[1]
+        ours = np.asarray(inter[f'logit{level}'])[:, :rows].argmax(-1)
+        assert_prediction(name, ours, expected[name], expected[f'{prefix}assign_margin{level}'])
     masks = np.asarray(out['masks']).transpose(0, 3, 1, 2)
     err = assert_close_golden(prefix + 'masks', masks, expected[prefix + 'masks'])
     print(f'{folder} {prefix or "crop "}masks: largest scaled difference {err:.2g}')
