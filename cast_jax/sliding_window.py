@@ -58,6 +58,13 @@ def resize_short_side(image: np.ndarray, window: int) -> np.ndarray:
   return bilinear_resize(image, size)
 
 
+def normalize(image_uint8: np.ndarray, mean: Sequence[float] = SEGMENTER_MEAN,
+              std: Sequence[float] = SEGMENTER_STD) -> np.ndarray:
+  """mmseg ``Normalize`` as the Segmenter applies it: float32 ``(x - mean) * (1 / std)`` on (..., 3) RGB."""
+  x = np.asarray(image_uint8).astype(np.float32)
+  return (x - np.asarray(mean, np.float32)) * (np.float32(1.0) / np.asarray(std, np.float32))
+
+
 def denormalize_to_uint8(window: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
   """The window SEEDS starts from: float32 ``x * std + mean`` truncated to uint8 (numpy's cast, as the
   original's ``.numpy().astype(np.uint8)``)."""

@@ -19,9 +19,9 @@ from cast_jax import convert
 from cast_jax.models import ModelSpec, build_model
 from cast_jax.models.segmenter import SuperpixMaskTransformer, gather_to_pixels, nearest_indices
 from cast_jax.sliding_window import (SEGMENTER_MEAN, SEGMENTER_STD, SlidingWindow, bilinear_resize,
-                                     denormalize_to_uint8, resize_short_side, segmenter_window_fn,
+                                     denormalize_to_uint8, normalize, resize_short_side, segmenter_window_fn,
                                      sliding_window_inference, window_anchors)
-from cast_jax.superpixels import seeds_grid
+from cast_jax.superpixels import compute_superpixels, preset, seeds_grid
 from conftest import assert_close_golden, fast_jit, golden_dir
 
 # Below this margin the original's own float32 noise may flip an argmax (golden README, "Near-ties").
@@ -360,3 +360,25 @@ def test_sliding_window_merge_of_an_identity_model():
   np.testing.assert_allclose(out['merged_logits'], bilinear_resize(bilinear_resize(small, (32, 48)), (20, 30)),
                              atol=1e-5)
   np.testing.assert_allclose(out['probs'].sum(-1), 1.0, atol=1e-5)
+
+
+@pytest.mark.parametrize('folder', SEGMENTER_FOLDERS)
+def test_segmenter_inputs_normalisation_and_superpixels(folder):
+  """The crops' normalisation and their SEEDS maps: de-normalised, truncated to uint8, x255-wrapped (the
+  'segmentation' preset), as BaseMMSeg computes them."""
+  path = require_folder(folder)
+  meta = json.loads((path / 'meta.json').read_text())
+  inputs = np.load(path / 'inputs.npz')
+  mean, std = meta['normalization']['mean'], meta['normalization']['std']
+  for prefix in ('', 'pad_'):
+    if prefix + 'image_uint8' not in inputs.files:
+      continue
+    normalised = normalize(inputs[prefix + 'image_uint8'], mean, std)
+    # Within one float32 rounding of the original's (mmseg computes the same expression in another order).
+    np.testing.assert_allclose(normalised.transpose(0, 3, 1, 2), inputs[prefix + 'image'], atol=1e-6, rtol=0)
+    for b, image in enumerate(inputs[prefix + 'image'].transpose(0, 2, 3, 1)):
+      seeds_input = denormalize_to_uint8(image, mean, std)
+      np.testing.assert_array_equal(seeds_input.astype(np.int16) - inputs[prefix + 'image_uint8'][b],
+                                    inputs[prefix + 'seeds_rgb_minus_image'][b])
+      labels = compute_superpixels(seeds_input, preset('segmentation'))
+      np.testing.assert_array_equal(labels, inputs[prefix + 'superpixels'][b])
