@@ -382,3 +382,22 @@ def test_segmenter_inputs_normalisation_and_superpixels(folder):
                                     inputs[prefix + 'seeds_rgb_minus_image'][b])
       labels = compute_superpixels(seeds_input, preset('segmentation'))
       np.testing.assert_array_equal(labels, inputs[prefix + 'superpixels'][b])
+
+
+def test_segmenter_bfloat16_compute_tracks_float32():
+  """compute_dtype bfloat16: parameters, normalisations and the class scores stay float32."""
+  spec = ModelSpec(kind='cast_seg_deit', embed_dim=24, num_clusters=(6, 4, 3, 2), max_segments=12, seg_classes=4,
+                   decoder_dim=64)
+  images = jax.random.normal(jax.random.PRNGKey(0), (2, 36, 28, 3))  # not multiples of 8: the pad path
+  superpixels = (jnp.arange(36)[:, None] // 9 * 3 + jnp.arange(28)[None, :] // 10)[None].repeat(2, 0)
+  from conftest import quick_variables
+
+  variables = quick_variables(build_model(spec), images, superpixels)
+  outs = {}
+  for dtype in (None, jnp.bfloat16):
+    model = build_model(spec, dtype=dtype)
+    outs[dtype] = fast_jit(lambda v, x, s: model.apply(v, x, s)['masks'])(variables, images, superpixels)
+  assert outs[jnp.bfloat16].dtype == jnp.float32 and outs[None].shape == (2, 36, 28, 4)
+  # mask_norm outputs are O(1); bfloat16 keeps ~3 significant digits through the network.
+  assert float(jnp.abs(outs[jnp.bfloat16] - outs[None]).max()) < 0.1
+  assert float(jnp.abs(outs[None]).max()) > 0.5
