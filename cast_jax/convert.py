@@ -4,10 +4,10 @@
 
 Reads the file with the allow-list unpickler (``cast_jax.torch_pickle``: nothing in the file is executed),
 finds the state dict(s) inside whatever wrapper the training script saved (MoCo ``state_dict`` with
-``module.base_encoder.`` / ``module.momentum_encoder.`` / ``module.predictor.``, DeiT ``model``, plain state
-dicts), detects the model kind and size from key names and shapes, renames and transposes every tensor into
-the Flax layout, and checks the result against the parameter tree of the model it will be loaded into: every
-missing, unexpected or mis-shaped key is reported by name.
+``module.base_encoder.`` / ``module.momentum_encoder.`` / ``module.predictor.``, DeiT ``model``, the Segmenter's
+``model`` with ``encoder.*`` / ``decoder.*``, plain state dicts), detects the model kind and size from key names
+and shapes, renames and transposes every tensor into the Flax layout, and checks the result against the parameter
+tree of the model it will be loaded into: every missing, unexpected or mis-shaped key is reported by name.
 
 Output format: a flat ``.npz`` whose keys are '/'-joined Flax paths (``params/encoder/blocks_0/attn/qkv/kernel``,
 ``batch_stats/...``, ``momentum_params/...``) plus ``__spec__``, the ``ModelSpec`` as JSON. Plain arrays keyed by
@@ -79,6 +79,8 @@ def split_branches(checkpoint) -> tuple[dict[str, dict[str, np.ndarray]], dict[s
     raise ConversionError(f'no state dict found in the checkpoint (top level: {top}); expected a MoCo '
                           "checkpoint ('state_dict'), a DeiT/Segmenter checkpoint ('model') or a plain state dict.")
   state = {(k[len('module.'):] if k.startswith('module.') else k): v for k, v in state.items()}
+  if any(k.startswith('decoder.') for k in state):
+    return _split_segmenter(checkpoint, state, info)
   branches: dict[str, dict[str, np.ndarray]] = {}
   for prefix, branch in (('base_encoder.', 'encoder'), ('momentum_encoder.', 'momentum'), ('predictor.', 'predictor')):
     part = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
@@ -95,6 +97,39 @@ def split_branches(checkpoint) -> tuple[dict[str, dict[str, np.ndarray]], dict[s
     info['moco'] = False
     branches['encoder'] = dict(state)
   return branches, info
+
+
+def _split_segmenter(checkpoint, state, info):
+  """The Segmenter's ``{'model', 'optimizer', 'n_cls', 'lr_scheduler', 'epoch'}`` (segm/train_cast.py): an
+  ``encoder.*`` and a ``decoder.*`` branch. The optimizer and scheduler states are not imported (a fine-tuning
+  run starts its own); ``n_cls`` is kept to check the decoder's class embeddings against."""
+  info['moco'] = False
+  info['segmenter'] = True
+  if isinstance(checkpoint, Mapping) and isinstance(checkpoint.get('n_cls'), int):
+    info['n_cls'] = checkpoint['n_cls']
+  branches = {}
+  for prefix in ('encoder', 'decoder'):
+    branches[prefix] = {k[len(prefix) + 1:]: v for k, v in state.items() if k.startswith(prefix + '.')}
+  rest = [k for k in state if not k.startswith(('encoder.', 'decoder.'))]
+  if rest or not branches['encoder']:
+    raise ConversionError(f'Segmenter checkpoint must hold encoder.* and decoder.* keys only; found '
+                          f'{rest[:10] or "no encoder.* keys"}')
+  return branches, info
+
+
+def _decoder_fields(decoder: Mapping[str, np.ndarray], info) -> dict[str, Any]:
+  """ModelSpec fields of a Segmenter decoder from its shapes (heads are not visible: the factory's d // 64)."""
+  need = ('cls_emb', 'proj_dec.weight', 'blocks.0.mlp.fc1.weight')
+  absent = [k for k in need if k not in decoder]
+  if absent:
+    raise ConversionError(f'decoder.* keys of a SuperpixMaskTransformer missing: {absent}; only the mask '
+                          'transformer decoder is supported')
+  n_cls, width = int(decoder['cls_emb'].shape[1]), int(decoder['cls_emb'].shape[2])
+  if 'n_cls' in info and info['n_cls'] != n_cls:
+    raise ConversionError(f"checkpoint says n_cls={info['n_cls']} but decoder.cls_emb has {n_cls} classes")
+  layers = {int(m.group(1)) for k in decoder if (m := re.match(r'^blocks\.(\d+)\.', k))}
+  return dict(seg_classes=n_cls, decoder_dim=width, decoder_depth=len(layers),
+              decoder_mlp_dim=int(decoder['blocks.0.mlp.fc1.weight'].shape[0]))
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -168,6 +203,8 @@ def detect_spec(branches, info, overrides: Optional[dict[str, Any]] = None) -> M
   num_classes = int(enc[head_key].shape[0]) if head_key and kind != 'cast_seg_deit' else 0
   fields: dict[str, Any] = dict(kind=kind, variant=variant, embed_dim=embed_dim, depth=depth, image_size=image_size,
                                 num_classes=num_classes)
+  if info.get('segmenter'):
+    fields.update(_decoder_fields(branches['decoder'], info))
   if info.get('moco'):
     fields['moco'] = True
     fields['num_classes'] = 0
@@ -185,12 +222,14 @@ def _rename(key: str, spec: ModelSpec, branch: str) -> str:
   """Torch key -> dotted Flax path below the branch's root (before merging numeric parts)."""
   if branch == 'predictor':
     return 'predictor.layers.' + key
+  if branch == 'decoder':
+    return 'decoder.' + key
   if spec.moco and key.startswith('head.'):
     return 'projector.layers.' + key[len('head.'):]
   key = re.sub(r'^pool(\d+)\.pool_block\.', r'pool\1.', key)
   key = key.replace('block_fusion.proj_blocks.0.norm.', 'block_fusion.norm.')
   key = key.replace('block_fusion.proj_blocks.2.', 'block_fusion.proj.')
-  return ('encoder.' + key) if spec.moco else key
+  return ('encoder.' + key) if (spec.moco or spec.seg_classes) else key
 
 
 def _flax_leaf(path: list[str], value: np.ndarray) -> tuple[str, tuple[str, ...], np.ndarray] | None:
@@ -222,9 +261,10 @@ def _split_path(dotted: str) -> list[str]:
   return out
 
 
-def _dedupe_aliases(state: dict[str, np.ndarray], spec: ModelSpec, errors: list[str]) -> dict[str, np.ndarray]:
+def _dedupe_aliases(state: dict[str, np.ndarray], spec: ModelSpec, errors: list[str],
+                    branch: str = 'encoder') -> dict[str, np.ndarray]:
   """cast.py / cast_deit keep each block twice: ``blocks.k`` and the stage alias ``blocks{l}.k``."""
-  if spec.kind not in ('cast', 'cast_deit', 'cast_seg_deit'):
+  if spec.kind not in ('cast', 'cast_deit', 'cast_seg_deit') or branch == 'decoder':
     return state
   out = {}
   for key, value in state.items():
@@ -281,10 +321,10 @@ def convert_state(branches, info, spec: ModelSpec, require_all: bool = True) -> 
   flat: dict[str, dict[tuple[str, ...], np.ndarray]] = {c: {} for c in COLLECTIONS}
   unused = UNUSED_BY_KIND.get(spec.kind, ())
   for branch, state in branches.items():
-    state = _dedupe_aliases(state, spec, errors)
+    state = _dedupe_aliases(state, spec, errors, branch)
     prefix = 'momentum_' if branch == 'momentum' else ''
     for key, value in state.items():
-      if branch != 'predictor' and key.startswith(unused):
+      if branch in ('encoder', 'momentum') and key.startswith(unused):
         ignored.append(f'{branch}:{key} (unused by the original {spec.kind} forward pass)')
         continue
       mapped = _flax_leaf(_split_path(_rename(key, spec, branch)), np.asarray(value))
@@ -369,13 +409,15 @@ def _parse_args(argv):
   parser.add_argument('--num-heads', type=int, help='attention heads (not visible in the weights; default 12)')
   parser.add_argument('--num-clusters', help='comma-separated clusters per stage, e.g. 64,32,16,8')
   parser.add_argument('--max-segments', type=int, help='superpixel token slots (default 196)')
+  parser.add_argument('--decoder-heads', type=int,
+                      help='Segmenter decoder heads (not visible in the weights; default width // 64)')
   return parser.parse_args(argv)
 
 
 def main(argv=None) -> int:
   args = _parse_args(argv)
   overrides: dict[str, Any] = {}
-  for name in ('kind', 'variant', 'num_heads', 'max_segments'):
+  for name in ('kind', 'variant', 'num_heads', 'max_segments', 'decoder_heads'):
     if getattr(args, name) is not None:
       overrides[name] = getattr(args, name)
   if args.num_clusters:

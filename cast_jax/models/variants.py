@@ -15,6 +15,7 @@ import jax.numpy as jnp
 
 from cast_jax.models.cast import CAST
 from cast_jax.models.moco import MoCo
+from cast_jax.models.segmenter import SuperpixMaskTransformer, SuperpixSegmenter
 from cast_jax.models.vit import ConvViT
 
 # embed_dim, per-stage depth (CAST) and heads of each size. The ViT baseline uses sum(depth) blocks.
@@ -69,6 +70,15 @@ class ModelSpec:
   drop_path_rate: float = 0.0
   pool_dropout: float = 0.1
   fusion_dropout: float = 0.2
+  # The Segmenter (segm/model/segmenter.py): seg_classes > 0 wraps a cast_seg_deit encoder with the superpixel
+  # mask-transformer decoder; None sizes follow the original factory (width = encoder's, heads = width // 64,
+  # feed-forward = 4 x width).
+  seg_classes: int = 0
+  decoder_dim: Optional[int] = None
+  decoder_depth: int = 2
+  decoder_heads: Optional[int] = None
+  decoder_mlp_dim: Optional[int] = None
+  decoder_dropout: float = 0.1
 
   def __post_init__(self):
     if self.kind not in KINDS:
@@ -81,6 +91,9 @@ class ModelSpec:
     if self.max_segments < first_level:
       raise ValueError(f'max_segments={self.max_segments} is smaller than the first pooling level '
                        f'({self.clusters()[0]} clusters): use more superpixels or fewer clusters.')
+    if self.seg_classes and self.kind != 'cast_seg_deit':
+      raise ValueError(f'the Segmenter decoder (seg_classes={self.seg_classes}) sits on a cast_seg_deit encoder, '
+                       f'not {self.kind!r}; set kind=cast_seg_deit or seg_classes=0')
     for name in ('depth', 'num_clusters'):
       value = getattr(self, name)
       if value is not None:
@@ -97,6 +110,12 @@ class ModelSpec:
   def uses_superpixels(self) -> bool:
     """Every CAST kind reads superpixels; the ViT baseline reads plain images."""
     return self.kind != 'vit_conv'
+
+  def decoder_size(self) -> dict[str, int]:
+    """The Segmenter decoder's d_model, n_layers, n_heads, d_ff with the factory's defaults filled in."""
+    width = self.decoder_dim or self.size()['embed_dim']
+    return dict(d_model=width, n_layers=self.decoder_depth, n_heads=self.decoder_heads or max(1, width // 64),
+                d_ff=self.decoder_mlp_dim or 4 * width)
 
   def clusters(self) -> tuple[int, ...]:
     return tuple(self.num_clusters or KINDS[self.kind]['clusters'])
@@ -144,6 +163,10 @@ def build_encoder(spec: ModelSpec, dtype: Any = None) -> nn.Module:
 def build_model(spec: ModelSpec, dtype: Any = None) -> nn.Module:
   """The Flax module for ``spec``: an encoder, or MoCo(encoder) when ``spec.moco``."""
   encoder = build_encoder(spec, dtype)
+  if spec.seg_classes:
+    decoder = SuperpixMaskTransformer(n_cls=spec.seg_classes, dropout=spec.decoder_dropout, dtype=dtype,
+                                      **spec.decoder_size())
+    return SuperpixSegmenter(encoder=encoder, decoder=decoder)
   if spec.moco:
     return MoCo(encoder=encoder, dim=spec.moco_dim, mlp_dim=spec.moco_mlp_dim, dtype=dtype)
   return encoder
