@@ -10,6 +10,8 @@ from __future__ import annotations
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from cast_jax.train.config_lib import parse_flags_explaining_overrides
+
 config_flags.DEFINE_config_file('config', None, 'Path to a config file (configs/*.py[:test]).', lock_config=True)
 flags.DEFINE_string('workdir', None, 'Where checkpoints, metrics and pictures go.')
 flags.DEFINE_string('coordinator_address', None, 'host:port of process 0, for multi-process runs.')
@@ -35,4 +37,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  app.run(main, flags_parser=parse_flags_explaining_overrides)  # misspelt --config.X: name it, list close ones
