@@ -36,5 +36,10 @@ def main(argv):
   train_and_evaluate(FLAGS.config, FLAGS.workdir)
 
 
-if __name__ == '__main__':
+def run():
+  """The ``cast-train`` console command (pyproject.toml), the same as ``python -m cast_jax.main``."""
   app.run(main, flags_parser=parse_flags_explaining_overrides)  # misspelt --config.X: name it, list close ones
+
+
+if __name__ == '__main__':
+  run()
