@@ -56,6 +56,44 @@ def test_command_on_sample_images(converted, tmp_path, capsys):
       assert picture.dtype == np.uint8 and picture.ndim == 3
 
 
+def _save(folder, images):
+  folder.mkdir(exist_ok=True)
+  for name, image in images.items():
+    Image.fromarray(image).save(folder / f'{name}.png')
+
+
+def test_an_image_gives_the_same_hierarchy_alone_or_in_a_folder(converted, tmp_path):
+  """The original counts tokens as the largest superpixel id over the batch + 1; the command must not let an
+  image's neighbours change its hierarchy. SLIC gives these images different counts, so batching shows."""
+  images = {'astronaut': skimage.data.astronaut(), 'moon': np.stack([skimage.data.moon()] * 3, -1),
+            'coffee': skimage.data.coffee()}
+  _save(tmp_path / 'folder', images)
+  _save(tmp_path / 'alone', {'astronaut': images['astronaut']})
+  for name in ('folder', 'alone'):
+    argv = [str(tmp_path / name), '--checkpoint', str(converted), '--out', str(tmp_path / f'out_{name}'),
+            '--superpixels', 'slic']
+    assert segment.main(argv) == 0
+  in_folder = {name: np.load(tmp_path / 'out_folder' / f'{name}.npz') for name in images}
+  alone = np.load(tmp_path / 'out_alone' / 'astronaut.npz')
+  counts = {name: int(arrays['superpixels'].max()) + 1 for name, arrays in in_folder.items()}
+  assert counts['astronaut'] < max(counts.values()), f'the test needs differing superpixel counts: {counts}'
+  np.testing.assert_array_equal(alone['superpixels'], in_folder['astronaut']['superpixels'])
+  np.testing.assert_array_equal(alone['hierarchy'], in_folder['astronaut']['hierarchy'])
+
+
+def test_failed_files_are_counted_and_set_the_exit_status(converted, tmp_path, capsys):
+  rng = np.random.default_rng(0)
+  _save(tmp_path / 'in', {f'img{i}': rng.integers(0, 256, (48 + 8 * i, 64, 3), dtype=np.uint8) for i in range(5)})
+  (tmp_path / 'in' / 'broken.jpg').write_bytes(b'not an image')
+  (tmp_path / 'in' / 'truncated.png').write_bytes((tmp_path / 'in' / 'img0.png').read_bytes()[:60])
+  code = segment.main([str(tmp_path / 'in'), '--checkpoint', str(converted), '--out', str(tmp_path / 'out')])
+  captured = capsys.readouterr()
+  assert code == 1, 'a run with failures must not exit 0'
+  assert '5/7 images segmented' in captured.out and '2 failed' in captured.out, captured.out
+  assert 'broken.jpg' in captured.err and 'truncated.png' in captured.err
+  assert sorted(p.name for p in (tmp_path / 'out').glob('*.npz')) == [f'img{i}.npz' for i in range(5)]
+
+
 def test_clear_errors(tmp_path):
   with pytest.raises(FileNotFoundError, match='no such file'):
     segment.find_images([str(tmp_path / 'missing.png')])
