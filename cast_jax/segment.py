@@ -41,7 +41,7 @@ from cast_jax.models.variants import ModelSpec, build_encoder
 from cast_jax.superpixels import compute_superpixels, preset
 from cast_jax.train.init_from import encoder_only, load_variables
 
-class Segmenter:
+class HierarchySegmenter:
   """Image array in, hierarchy out, for a CAST checkpoint (used by the command and the notebooks).
 
   superpixels: a preset name of ``cast_jax.superpixels`` ('moco', 'slic', ...); superpixel_overrides change
@@ -68,7 +68,7 @@ class Segmenter:
     self._forward = jax.jit(jax.vmap(alone, in_axes=(None, 0, 0)))
 
   @classmethod
-  def from_checkpoint(cls, path, superpixels: Optional[str] = None, **kwargs) -> 'Segmenter':
+  def from_checkpoint(cls, path, superpixels: Optional[str] = None, **kwargs) -> 'HierarchySegmenter':
     """A converted .npz (superpixels default to 'moco', the published models' SEEDS) or a workdir of ours.
 
     A workdir's superpixels default to the ones its run trained with (its config.json's data settings), so
@@ -151,7 +151,7 @@ def main(argv=None) -> int:
   parser.add_argument('--batch', type=int, default=8)
   parser.add_argument('--resize', choices=['stretch'], default='stretch', help='see the module docstring')
   args = parser.parse_args(argv)
-  segmenter = Segmenter.from_checkpoint(args.checkpoint, superpixels=args.superpixels,
+  segmenter = HierarchySegmenter.from_checkpoint(args.checkpoint, superpixels=args.superpixels,
                                         num_segments=args.num_segments)
   out_dir = pathlib.Path(args.out)
   out_dir.mkdir(parents=True, exist_ok=True)

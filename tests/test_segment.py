@@ -1,4 +1,4 @@
-"""``python -m cast_jax.segment`` and the ``Segmenter`` behind it, on a converted golden checkpoint."""
+"""``python -m cast_jax.segment`` and the ``HierarchySegmenter`` behind it, on a converted golden checkpoint."""
 
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ def test_segmenter_reproduces_the_originals_hierarchy(converted):
   """On the golden 224 px images (no resize), SEEDS + the model give the original's hierarchy exactly."""
   inputs = np.load(golden_dir() / 'moco_cast' / 'inputs.npz')
   expected = np.load(golden_dir() / 'moco_cast' / 'outputs.npz')['hierarchy']
-  segmenter = segment.Segmenter.from_checkpoint(converted)
+  segmenter = segment.HierarchySegmenter.from_checkpoint(converted)
   results = segmenter(list(inputs['image_uint8']))
   for result, superpixels, hierarchy in zip(results, inputs['superpixels'], expected):
     np.testing.assert_array_equal(result['superpixels'], superpixels)
@@ -100,7 +100,7 @@ def test_clear_errors(tmp_path):
   from cast_jax.models import ModelSpec
 
   with pytest.raises(ValueError, match='not CAST'):
-    segment.Segmenter(ModelSpec(kind='vit_conv'), {'params': {}})
+    segment.HierarchySegmenter(ModelSpec(kind='vit_conv'), {'params': {}})
   with pytest.raises(ValueError, match='uint8'):
     visualize.check_image(np.zeros((4, 4, 3), np.float32), 'images')
 
@@ -114,12 +114,12 @@ def test_a_workdir_segments_with_the_superpixels_it_trained_with(converted, tmp_
   (workdir / 'config.json').write_text(json.dumps(
       {'data': {'superpixels': 'slic', 'superpixel_overrides': {'num_segments': 50, 'compactness': 20.0}}}))
   monkeypatch.setattr(segment, 'load_variables', lambda path: convert.load_converted(converted))
-  segmenter = segment.Segmenter.from_checkpoint(workdir)
+  segmenter = segment.HierarchySegmenter.from_checkpoint(workdir)
   assert (segmenter.superpixel_config.method, segmenter.superpixel_config.num_segments) == ('slic', 50)
   assert segmenter.superpixel_config.compactness == 20.0
   # An explicit choice wins over the run's.
-  assert segment.Segmenter.from_checkpoint(workdir, superpixels='moco').superpixel_config.method == 'seeds'
-  assert segment.Segmenter.from_checkpoint(converted).superpixel_config.num_segments == 196
+  assert segment.HierarchySegmenter.from_checkpoint(workdir, superpixels='moco').superpixel_config.method == 'seeds'
+  assert segment.HierarchySegmenter.from_checkpoint(converted).superpixel_config.num_segments == 196
 
 
 def test_phone_photos_are_turned_upright(converted, tmp_path):
@@ -137,3 +137,18 @@ def test_phone_photos_are_turned_upright(converted, tmp_path):
   assert decode_image(raw, exif_transpose=True)[0].shape == (451, 300, 3)
   assert segment.main([str(folder), '--checkpoint', str(converted), '--out', str(tmp_path / 'out')]) == 0
   assert np.load(tmp_path / 'out' / 'phone.npz')['hierarchy'].shape == (4, 451, 300)
+
+
+def test_the_image_to_hierarchy_class_leaves_the_name_segmenter_free():
+  """``Segmenter`` is the decoder model of the original's segmentation fork; the image -> hierarchy class is
+  ``HierarchySegmenter`` in the library, the command and the notebooks."""
+  import json  # pylint: disable=import-outside-toplevel
+  import re  # pylint: disable=import-outside-toplevel
+
+  from conftest import REPO_ROOT  # pylint: disable=import-outside-toplevel
+
+  assert isinstance(segment.HierarchySegmenter, type) and not hasattr(segment, 'Segmenter')
+  for notebook in sorted((REPO_ROOT / 'colabs').glob('*.ipynb')):
+    code = '\n'.join(''.join(cell['source']) for cell in json.loads(notebook.read_text())['cells']
+                     if cell['cell_type'] == 'code')
+    assert not re.search(r'(?<!Hierarchy)Segmenter\b', code), f'{notebook.name} still uses the old name'
