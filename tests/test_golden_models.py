@@ -14,11 +14,11 @@ import pytest
 from cast_jax import convert
 from cast_jax.models import build_model, pixel_hierarchy
 from cast_jax.models.segments import downsample_nearest
-from conftest import (assert_close_golden, checkpoint_path, golden_folders, load_meta, require_golden,
+from conftest import (assert_close_golden, checkpoint_path, golden_folder_params, load_meta, require_golden,
                       spec_from_meta)
 
-# The fixture folders present now; a run with other fixtures of the same format discovers those instead.
-FOLDERS = golden_folders() or ['<golden fixtures missing>']
+# Every folder whose meta.json kind this port builds (MODEL_KINDS), whatever it is called or wherever it sits.
+FOLDERS = golden_folder_params()
 
 
 def model_outputs(spec, variables, images, superpixels):
@@ -44,7 +44,7 @@ def model_outputs(spec, variables, images, superpixels):
 
 @pytest.mark.parametrize('folder', FOLDERS)
 def test_golden_forward_matches_original(folder, tmp_path):
-  root = require_golden()
+  root = require_golden(folder)
   meta = load_meta(folder)
   spec = spec_from_meta(meta)
 

@@ -8,23 +8,28 @@ import skimage.data
 from PIL import Image
 
 from cast_jax import convert, segment, visualize
-from conftest import checkpoint_path, golden_dir, load_meta, require_golden, spec_from_meta
+from conftest import checkpoint_path, golden_dir, golden_folder, load_meta, require_golden, spec_from_meta
 
 
 @pytest.fixture(scope='module')
-def converted(tmp_path_factory):
+def moco_folder():
+  """A golden MoCo pretraining fixture of plain CAST (selected by meta.json, whatever its folder is called)."""
   require_golden()
-  meta = load_meta('moco_cast')
-  conversion = convert.convert_checkpoint(checkpoint_path('moco_cast'), spec=spec_from_meta(meta))
+  return golden_folder('moco', seg_arch=False)
+
+
+@pytest.fixture(scope='module')
+def converted(tmp_path_factory, moco_folder):
+  conversion = convert.convert_checkpoint(checkpoint_path(moco_folder), spec=spec_from_meta(load_meta(moco_folder)))
   path = tmp_path_factory.mktemp('ckpt') / 'moco_cast.npz'
   convert.save_converted(conversion, path)
   return path
 
 
-def test_segmenter_reproduces_the_originals_hierarchy(converted):
-  """On the golden 224 px images (no resize), SEEDS + the model give the original's hierarchy exactly."""
-  inputs = np.load(golden_dir() / 'moco_cast' / 'inputs.npz')
-  expected = np.load(golden_dir() / 'moco_cast' / 'outputs.npz')['hierarchy']
+def test_segmenter_reproduces_the_originals_hierarchy(converted, moco_folder):
+  """On the golden images (no resize), SEEDS + the model give the original's hierarchy exactly."""
+  inputs = np.load(golden_dir() / moco_folder / 'inputs.npz')
+  expected = np.load(golden_dir() / moco_folder / 'outputs.npz')['hierarchy']
   segmenter = segment.HierarchySegmenter.from_checkpoint(converted)
   results = segmenter(list(inputs['image_uint8']))
   for result, superpixels, hierarchy in zip(results, inputs['superpixels'], expected):
