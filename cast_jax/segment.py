@@ -148,9 +148,12 @@ def main(argv=None) -> int:
                       help="superpixel preset: 'moco' (SEEDS), 'slic', ...; default: 'moco' for a converted "
                       'checkpoint, the training superpixels for a workdir')
   parser.add_argument('--num-segments', type=int, default=None, help='superpixel count (default: the preset)')
-  parser.add_argument('--batch', type=int, default=8)
+  parser.add_argument('--batch', type=int, default=8,
+                      help='images decoded and run together; each is still segmented as if alone')
   parser.add_argument('--resize', choices=['stretch'], default='stretch', help='see the module docstring')
   args = parser.parse_args(argv)
+  if args.batch < 1:
+    parser.error(f'--batch must be at least 1 (got {args.batch})')
   segmenter = HierarchySegmenter.from_checkpoint(args.checkpoint, superpixels=args.superpixels,
                                         num_segments=args.num_segments)
   out_dir = pathlib.Path(args.out)

@@ -99,7 +99,10 @@ def test_failed_files_are_counted_and_set_the_exit_status(converted, tmp_path, c
   assert sorted(p.name for p in (tmp_path / 'out').glob('*.npz')) == [f'img{i}.npz' for i in range(5)]
 
 
-def test_clear_errors(tmp_path):
+def test_clear_errors(tmp_path, capsys):
+  with pytest.raises(SystemExit):
+    segment.main([str(tmp_path), '--checkpoint', 'unused.npz', '--out', str(tmp_path / 'out'), '--batch', '0'])
+  assert '--batch must be at least 1 (got 0)' in capsys.readouterr().err
   with pytest.raises(FileNotFoundError, match='no such file'):
     segment.find_images([str(tmp_path / 'missing.png')])
   from cast_jax.models import ModelSpec
