@@ -69,7 +69,7 @@ def nesting_violations(superpixels, hierarchy) -> list[str]:
 def encoder_forward(model, uses_superpixels: bool) -> Callable:
   """(variables, images, superpixels) -> {'features' (B, D), 'hierarchy' (B, L, H, W) for CAST}.
 
-  The one inference path from images to hierarchies: the trainers' evaluation pictures and the Segmenter
+  The one inference path from images to hierarchies: the trainers' evaluation pictures and the HierarchySegmenter
   (command, notebooks) both use it. Works for a bare encoder and for MoCo (whose ``encoder`` submodule is
   used, skipping the heads); ``logits`` is added for classifiers.
   """
