@@ -121,3 +121,135 @@ def test_forward_tokens_logits_and_level4_clusters(index):
   np.testing.assert_array_equal(contiguous_clusters(out['level4']), want['cluster_index'])
   batch = superpixels.shape[0]
   np.testing.assert_array_equal(np.repeat(np.arange(batch), superpixels[0].size), want['cluster_batch_index'])
+
+
+def fingerprint(t: np.ndarray, positions: np.ndarray) -> np.ndarray:
+  """The README's fingerprint: per axis the sums over all other axes, then the entries at ``positions``."""
+  t = np.asarray(t, np.float64)
+  parts = [t.sum(axis=tuple(a for a in range(t.ndim) if a != d)).reshape(-1) for d in range(t.ndim)]
+  return np.concatenate(parts + [t.reshape(-1)[positions]])
+
+
+def torch_locator(spec: ModelSpec):
+  """state-dict key -> (collection, Flax path, our array -> torch layout), None for num_batches_tracked."""
+
+  def locate(key: str, shape):
+    if key.startswith(BACKBONE):
+      sub, prefix = convert._rename(key[len(BACKBONE):], spec, 'encoder'), ('encoder',)
+    elif key.startswith(CLASSIFIER):
+      sub, prefix = key[len(CLASSIFIER):], ('classifier',)
+    else:
+      raise AssertionError(f'unexpected key {key}')
+    mapped = convert._flax_leaf(convert._split_path(sub), np.zeros(shape))
+    if mapped is None:
+      return None
+    collection, path, _ = mapped
+    if path[-1] == 'kernel' and len(shape) == 4:
+      to_torch = lambda a: np.transpose(a, (3, 2, 0, 1))  # noqa: E731
+    elif path[-1] == 'kernel':
+      to_torch = np.transpose
+    else:
+      to_torch = lambda a: a  # noqa: E731
+    return collection, prefix + tuple(path), to_torch
+
+  return locate
+
+
+def _lookup(tree, path):
+  for name in path:
+    tree = tree[name]
+  return np.asarray(tree, np.float64)
+
+
+# Gradients exactly zero in exact arithmetic come out as float32 rounding noise of the whole backward pass on both
+# sides; each gradient tolerance is the README's 1e-4 of the tensor's largest gradient plus float32's epsilon
+# times the step's largest gradient (as the Segmenter step test).
+FLOAT32_EPS = 1.2e-7
+
+
+@pytest.mark.parametrize('index', range(max(1, len(spml_folders('spml')))))
+def test_two_spml_sgd_updates_on_lr_poly_match_the_original(index):
+  folder = folders_or_skip()[index]
+  if not (folder / 'train_steps.npz').is_file():
+    pytest.skip(f'{folder}/train_steps.npz not found')
+  from cast_jax.train.spml_step import spml_gradients, spml_optimizer, spml_train_step
+
+  meta, spec, model, variables = finetune_setup(folder)
+  train = meta['train']
+  golden = np.load(folder / 'train_steps.npz')
+  layout = json.loads(str(golden['layout']))
+  images, superpixels, labels = _inputs(folder)
+  assert train['iterations'] == list(range(train['steps']))
+  optimizer, lr_fn = spml_optimizer(variables['params'], spec, train['base_lr'], train['max_iteration'],
+                                    train['warmup_iteration'], train['weight_decay'], train['momentum'])
+  np.testing.assert_allclose([lr_fn(i) for i in train['iterations']], golden['lr'], rtol=1e-12)
+  gradients = spml_gradients(model, meta['n_cls'])
+  step = fast_jit(spml_train_step(model, optimizer, meta['n_cls'], gradients=gradients))
+
+  params, stats = variables['params'], variables['batch_stats']
+  opt_state = optimizer.init(params)
+  losses, grads = [], []
+  rng = jax.random.PRNGKey(0)
+  for _ in range(train['steps']):
+    params, stats, opt_state, loss, g = step(params, stats, opt_state, images, superpixels, labels, rng)
+    losses.append(float(loss))
+    grads.append(jax.device_get(g))
+  np.testing.assert_allclose(losses, golden['loss'], rtol=1e-5)
+
+  locate = torch_locator(spec)
+  start = jax.device_get(variables)
+  after = jax.device_get({'params': params, 'batch_stats': stats})
+  noise = [FLOAT32_EPS * float(np.nanmax(np.abs(golden[f'grad{n}']))) for n in (1, 2)]
+  failures, checked = [], {'full': 0, 'fp': 0}
+
+  def compare(what, ours, want, atol, rtol=0.0):
+    err = np.abs(np.asarray(ours, np.float64).reshape(-1) - want)
+    excess = float(np.max(err - atol - rtol * np.abs(want)))
+    if excess > 0:
+      failures.append(f'{what}: max |diff| {err.max():.3g} over tolerance {atol:.3g} (+{rtol} rel) by {excess:.3g}')
+
+  for key, entry in layout.items():
+    mode, shape = entry['mode'], tuple(entry['shape'])
+    where = locate(key, shape)
+    if mode == 'int':
+      assert where is None and key.endswith('num_batches_tracked'), key  # a counter the port does not keep
+      continue
+    collection, path, to_torch = where
+    ours_after, ours_start = to_torch(_lookup(after[collection], path)), to_torch(_lookup(start[collection], path))
+    if mode == 'unchanged':  # the sin-cos tables: frozen
+      np.testing.assert_array_equal(ours_after, ours_start, err_msg=key)
+      continue
+    ours_grads = [to_torch(_lookup(g, path)) if collection == 'params' else None for g in grads]
+    if path[-1] == 'cls_token':
+      # In no group, so the original's zero_grad never clears it: its recorded grad2 is grad1 + grad2.
+      ours_grads[1] = ours_grads[0] + ours_grads[1]
+    sl = slice(entry['offset'], entry['offset'] + entry['size'])
+    if mode == 'full':
+      compare(f'{key} after', ours_after, golden['after'][sl], 1e-5)
+      for n, ours in enumerate(ours_grads, start=1):
+        want = golden[f'grad{n}'][sl]
+        if np.isnan(want).all():
+          assert ours is None, f'{key}: the original computes no gradient for it'
+          continue
+        compare(f'{key} grad{n}', ours, want, 1e-4 * float(np.abs(want).max()) + noise[n - 1])
+    elif mode == 'fp':
+      pos = golden['fp_index'][entry['index_offset']:entry['index_offset'] + entry['index_size']]
+      compare(f'{key} delta', fingerprint(ours_after - ours_start, pos), golden['delta_fp'][sl], 1e-5, 1e-4)
+      for n, ours in enumerate(ours_grads, start=1):
+        want = golden[f'grad{n}_fp'][sl]
+        if np.isnan(want).all():
+          assert ours is None, f'{key}: the original computes no gradient for it'
+          continue
+        # Noise of a sum of numel/shape[d] entries grows like its square root.
+        compare(f'{key} grad{n}', fingerprint(ours, pos), want,
+                1e-4 * float(np.abs(want).max()) + noise[n - 1] * float(np.sqrt(np.prod(shape))))
+    else:
+      raise AssertionError(f'{key}: unknown layout mode {mode!r}')
+    checked[mode] += 1
+  assert not failures, f'{folder.name}: {len(failures)} comparisons fail:\n' + '\n'.join(failures)
+  # Every parameter and statistic of the port was compared (none left out by a naming slip).
+  ours_count = sum(len(convert.flatten(t)) for t in after.values())
+  assert checked['full'] + checked['fp'] + 2 == ours_count, (checked, ours_count)  # + the 2 frozen tables
+  # cls_token gets a gradient but is in no group: it never moves.
+  assert np.abs(grads[0]['encoder']['cls_token']).max() > 0
+  np.testing.assert_array_equal(after['params']['encoder']['cls_token'], start['params']['encoder']['cls_token'])
