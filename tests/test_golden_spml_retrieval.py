@@ -17,26 +17,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cast_jax.evaluate import spml_retrieval as sr
-from cast_jax.models import ModelSpec
+from cast_jax.evaluate import spml_inputs, spml_retrieval as sr
 from conftest import fast_jit
 from test_golden_spml import backbone_spec, contiguous_clusters, folders_or_skip, scaled_error, spml_folders
-
-IMAGENET_MEAN = np.asarray([0.485, 0.456, 0.406], np.float32)
-IMAGENET_STD = np.asarray([0.229, 0.224, 0.225], np.float32)
-
-
-def normalise(image_uint8):
-  """SPixListDataset: (x / 255 - mean) / std in float32."""
-  return (np.asarray(image_uint8, np.float32) / np.float32(255) - IMAGENET_MEAN) / IMAGENET_STD
-
-
-def nearest_resize(x, out_hw):
-  """cv2 INTER_NEAREST: src = floor(dst * in / out)."""
-  rows = np.floor(np.arange(out_hw[0]) * (x.shape[0] / out_hw[0])).astype(int)
-  cols = np.floor(np.arange(out_hw[1]) * (x.shape[1] / out_hw[1])).astype(int)
-  return x[rows][:, cols]
-
 
 @functools.lru_cache(maxsize=None)
 def run_retrieval(folder):
@@ -57,7 +40,7 @@ def run_retrieval(folder):
 
   train = []
   for index in range(inputs['train_image_uint8'].shape[0]):
-    image = normalise(inputs['train_image_uint8'][index])
+    image = spml_inputs.normalise(inputs['train_image_uint8'][index])
     assert max(image.shape[:2]) == meta['test_image_size']  # the fixture's train resize is an identity
     out, protos, present = forward(image, inputs['train_superpixels_orig'][index])
     labels = inputs['train_labels_orig'][index]
@@ -137,7 +120,7 @@ def test_query_top20_votes_predictions_and_miou(index):
     per_slot[present] = seg_pred
     resized = per_slot[out['level4'][0]]
     np.testing.assert_array_equal(resized, want['query_prediction_resized'][i])
-    original = nearest_resize(resized, inputs['query_labels_orig'][i].shape)
+    original = spml_inputs.restore_prediction(resized, inputs['query_labels_orig'][i].shape)
     np.testing.assert_array_equal(original, want['query_prediction'][i])
     counts = sr.iou_counts(original, inputs['query_labels_orig'][i], n_cls)
     tp_fn, tp_fp, tp = tp_fn + counts[0], tp_fp + counts[1], tp + counts[2]
@@ -148,3 +131,28 @@ def test_query_top20_votes_predictions_and_miou(index):
   np.testing.assert_allclose(iou, want['iou'], rtol=1e-12)
   np.testing.assert_allclose(miou, want['miou'], rtol=1e-12)
   np.testing.assert_allclose(acc, want['pixel_acc'], rtol=1e-12)
+
+
+@pytest.mark.parametrize('index', FOLDERS)
+def test_test_time_inputs_seeds_normalise_and_resize_as_the_original(index):
+  """SEEDS at the original size (no wrap), normalise, max side test_image_size (linear / nearest, int())."""
+  folder = folders_or_skip('spml_retrieval')[index]
+  meta = json.loads((folder / 'meta.json').read_text())
+  inputs = np.load(folder / 'inputs.npz')
+  size, count = meta['test_image_size'], meta['num_superpixels']
+  for side in ('train', 'query'):
+    for i, image in enumerate(inputs[f'{side}_image_uint8']):
+      prepared = spml_inputs.prepare_test_image(image, inputs[f'{side}_labels_orig'][i], size, count,
+                                                max_segments=4 * count)
+      np.testing.assert_array_equal(prepared['superpixels_orig'], inputs[f'{side}_superpixels_orig'][i])
+      if side == 'query':
+        assert prepared['image'].shape[:2] == inputs['query_image'].shape[2:] != image.shape[:2]
+        assert scaled_error(prepared['image'], inputs['query_image'][i].transpose(1, 2, 0)) <= 1e-5
+        np.testing.assert_array_equal(prepared['superpixels'], inputs['query_superpixels'][i])
+        np.testing.assert_array_equal(prepared['labels'], inputs['query_labels'][i])
+      else:  # max side already test_image_size: an identity
+        np.testing.assert_array_equal(prepared['image'], spml_inputs.normalise(image))
+  assert spml_inputs.resized_size(375, 500, 512) == (384, 512)
+  assert spml_inputs.resized_size(333, 500, 512) == (340, 512)  # int(511.48): truncation
+  with pytest.raises(ValueError, match='does not match its image'):
+    spml_inputs.prepare_test_image(inputs['query_image_uint8'][0], inputs['train_labels_orig'][0], size, count)
