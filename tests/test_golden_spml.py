@@ -20,10 +20,8 @@ import pytest
 
 from cast_jax import convert
 from cast_jax.models import ModelSpec, build_encoder
-from cast_jax.models.spml import SPMLEmbedding, classifier_from_torch, spml_loss
-from cast_jax.models.variants import is_frozen
+from cast_jax.models.spml import SPMLEmbedding, classifier_from_torch
 from cast_jax.torch_pickle import load_torch_checkpoint
-from cast_jax.train import optim, schedules
 from conftest import fast_jit, golden_dir, require_golden
 
 BACKBONE, CLASSIFIER = 'embedding_model.vit_backbone.', 'prediction_model.'
