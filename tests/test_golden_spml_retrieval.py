@@ -156,3 +156,27 @@ def test_test_time_inputs_seeds_normalise_and_resize_as_the_original(index):
   assert spml_inputs.resized_size(333, 500, 512) == (340, 512)  # int(511.48): truncation
   with pytest.raises(ValueError, match='does not match its image'):
     spml_inputs.prepare_test_image(inputs['query_image_uint8'][0], inputs['train_labels_orig'][0], size, count)
+
+
+@pytest.mark.parametrize('index', FOLDERS)
+def test_from_uint8_images_to_the_originals_miou(index):
+  """The whole path: SEEDS, resize, forward, memory, votes, nearest back, benchmark -> the original's numbers."""
+  folder = folders_or_skip('spml_retrieval')[index]
+  meta, spec, inputs, want, *_ = run_retrieval(folder)
+  model, variables = sr.load_moco_for_retrieval(folder / meta['moco_checkpoint'], spec)
+  apply = sr.make_apply(model, variables, jit=fast_jit)
+  opts = dict(test_image_size=meta['test_image_size'], num_superpixels=meta['num_superpixels'],
+              max_segments=spec.max_segments)
+  train = [(f'train{i}', inputs['train_image_uint8'][i], inputs['train_labels_orig'][i])
+           for i in range(inputs['train_image_uint8'].shape[0])]
+  memory = sr.memory_from_images(apply, train, meta['n_cls'], chunk=8, top_k=meta['top_k'], **opts)
+  queries = [(f'query{i}', inputs['query_image_uint8'][i], inputs['query_labels_orig'][i])
+             for i in range(inputs['query_image_uint8'].shape[0])]
+  scores = sr.score_split(apply, queries, memory, meta['n_cls'], **opts)
+  for i in range(len(queries)):
+    np.testing.assert_array_equal(scores['predictions'][f'query{i}'], want['query_prediction'][i])
+  for key in ('tp_fn', 'tp_fp', 'tp'):
+    np.testing.assert_array_equal(scores[key], want[key])
+  np.testing.assert_allclose(scores['miou'], want['miou'], rtol=1e-12)
+  with pytest.raises(ValueError, match='query image query0: no label map'):
+    sr.score_split(apply, [('query0', inputs['query_image_uint8'][0], None)], memory, meta['n_cls'], **opts)

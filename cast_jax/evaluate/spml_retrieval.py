@@ -20,7 +20,7 @@ memory over devices (each device scans its shard, the k candidates of every devi
 from __future__ import annotations
 
 import functools
-from typing import Optional
+from typing import Any, Optional
 
 import jax
 import jax.numpy as jnp
@@ -235,3 +235,68 @@ def load_moco_for_retrieval(path, spec):
                for col in ('params', 'batch_stats')}
   model = SPMLEmbedding(build_encoder(spec), projector_dims=(moco.spec.moco_mlp_dim, moco.spec.moco_dim))
   return model, jax.tree_util.tree_map(jnp.asarray, variables)
+
+
+# ---------------------------------------------------------------------------------------- images to the score
+
+def make_apply(model, variables, jit=jax.jit):
+  """jit(model.apply) in eval mode for one image: (h, w, 3) image, (h, w) superpixels -> (K4, C) prototypes,
+  (K4,) present and (h, w) level-4 ids. One compilation per distinct (h, w). ``jit``: e.g. a jit with other
+  compiler options."""
+  k4 = model.encoder.num_clusters[-1]
+
+  @jit
+  def run(variables, image, superpixels):
+    out = model.apply(variables, image[None], superpixels[None], train=False)
+    protos, present = segment_prototypes(out['normalized_embedding'][0], out['level4'][0], num_segments=k4)
+    return protos, present, out['level4'][0]
+
+  return lambda image, superpixels: run(variables, jnp.asarray(image), jnp.asarray(superpixels))
+
+
+def memory_from_images(apply, items, num_classes: int, test_image_size: int = 512, num_superpixels: int = 1024,
+                       max_segments: Optional[int] = None, **memory_kwargs) -> Memory:
+  """The memory of ``prototype_suppix.py`` from (name, image_uint8, labels) items (train+ for VOC).
+
+  Each image: SEEDS, normalise, resize (``spml_inputs.prepare_test_image``), forward, level-4 prototypes and
+  their majority labels (255 counted); 255-labelled prototypes are dropped by ``Memory``."""
+  from cast_jax.evaluate.spml_inputs import prepare_test_image
+
+  protos, present, labels = [], [], []
+  for name, image, label in items:
+    check_labels(label, num_classes, f'memory image {name}')
+    prepared = prepare_test_image(image, label, test_image_size, num_superpixels, max_segments)
+    p, ok, level4 = apply(prepared['image'], prepared['superpixels'])
+    protos.append(np.asarray(p))
+    present.append(np.asarray(ok))
+    labels.append(np.asarray(majority_labels(level4, prepared['labels'], num_segments=p.shape[0],
+                                             num_classes=num_classes)))
+  if not protos:
+    raise ValueError('no memory images given: the retrieval memory is built from labelled train images')
+  return build_memory(np.stack(protos), np.stack(present), np.stack(labels), **memory_kwargs)
+
+
+def score_split(apply, items, memory: Memory, num_classes: int, test_image_size: int = 512,
+                num_superpixels: int = 1024, max_segments: Optional[int] = None, mesh=None) -> dict[str, Any]:
+  """``inference_suppix.py`` + ``benchmark_by_mIoU.py`` over (name, image_uint8, labels) items: each query
+  segment takes the vote of its top-k memory prototypes; the prediction goes back to the original size with
+  nearest and is counted against the original labels. Returns tp_fn / tp_fp / tp, iou, miou, pixel_acc and the
+  per-image predictions (uint8, original size)."""
+  from cast_jax.evaluate.spml_inputs import prepare_test_image, restore_prediction
+
+  tp_fn = tp_fp = tp = np.zeros(num_classes)
+  predictions = {}
+  for name, image, label in items:
+    check_labels(label, num_classes, f'query image {name}')
+    prepared = prepare_test_image(image, label, test_image_size, num_superpixels, max_segments)
+    protos, present, level4 = (np.asarray(a) for a in apply(prepared['image'], prepared['superpixels']))
+    segment_labels, _, _ = retrieve(protos[present], memory, num_classes, mesh=mesh)
+    per_slot = np.zeros(present.shape[0], np.uint8)
+    per_slot[present] = np.asarray(segment_labels)
+    prediction = restore_prediction(per_slot[level4], np.shape(label))
+    predictions[name] = prediction
+    counts = iou_counts(prediction, label, num_classes)
+    tp_fn, tp_fp, tp = tp_fn + counts[0], tp_fp + counts[1], tp + counts[2]
+  iou, miou, acc = miou_from_counts(tp_fn, tp_fp, tp)
+  return {'tp_fn': tp_fn, 'tp_fp': tp_fp, 'tp': tp, 'iou': iou, 'miou': float(miou), 'pixel_acc': float(acc),
+          'predictions': predictions}
