@@ -70,6 +70,7 @@ class SPMLEmbedding(nn.Module):
     encoder: a ``CAST`` with readout 'tokens' (``build_encoder(ModelSpec(kind='cast_seg', ...))``).
     num_classes: > 0 adds the SoftmaxClassifier (fine-tuning).
     projector_dims: (mlp_dim, out_dim) adds the MoCo projector on every token (retrieval); None: identity head.
+      SPML only runs it in eval mode; in train mode its BatchNorms would also see the unused token slots.
   """
 
   encoder: nn.Module
