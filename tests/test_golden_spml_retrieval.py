@@ -183,3 +183,61 @@ def test_from_uint8_images_to_the_originals_miou(index):
   np.testing.assert_allclose(scores['miou'], want['miou'], rtol=1e-12)
   with pytest.raises(ValueError, match='query image query0: no label map'):
     sr.score_split(apply, [('query0', inputs['query_image_uint8'][0], None)], memory, meta['n_cls'], **opts)
+
+
+def _write_voc_like(tmp_path, inputs):
+  """Images as PNGs and labels as palette PNGs (indices, not luminance) behind SPML list files."""
+  from PIL import Image
+
+  palette = [int(v) for v in np.random.default_rng(0).integers(0, 256, 768)]
+  lists = {}
+  for side in ('train', 'query'):
+    lines = []
+    for i, image in enumerate(inputs[f'{side}_image_uint8']):
+      Image.fromarray(image).save(tmp_path / f'{side}{i}.png')
+      label = Image.fromarray(inputs[f'{side}_labels_orig'][i], mode='P')
+      label.putpalette(palette)
+      label.save(tmp_path / f'{side}{i}_label.png')
+      lines.append(f'{side}{i}.png {side}{i}_label.png')
+    lists[side] = tmp_path / f'{side}.txt'
+    lists[side].write_text('\n'.join(lines) + '\n')
+  return lists
+
+
+@pytest.mark.parametrize('index', FOLDERS)
+def test_list_files_palette_labels_and_missing_files(index, tmp_path):
+  from cast_jax.evaluate import spml_retrieval_main as cli
+
+  folder = folders_or_skip('spml_retrieval')[index]
+  inputs = np.load(folder / 'inputs.npz')
+  lists = _write_voc_like(tmp_path, inputs)
+  entries = cli.read_list(str(tmp_path), lists['query'])
+  items = list(cli.read_items(entries))
+  assert [name for name, _, _ in items] == [f'query{i}' for i in range(len(entries))]
+  for i, (_, rgb, label) in enumerate(items):
+    np.testing.assert_array_equal(rgb, inputs['query_image_uint8'][i])
+    np.testing.assert_array_equal(label, inputs['query_labels_orig'][i])  # the palette's indices
+  lists['query'].write_text('query0.png query0_label.png\nmissing.png missing_label.png\n')
+  with pytest.raises(FileNotFoundError, match=r'query.txt:2 names .*missing.png'):
+    cli.read_list(str(tmp_path), lists['query'])
+  lists['query'].write_text('query0.png\n')
+  with pytest.raises(ValueError, match='has no label path'):
+    cli.read_list(str(tmp_path), lists['query'])
+
+
+@pytest.mark.slow  # ~20 s: the command compiles the model itself; the same path runs in the test above it
+@pytest.mark.parametrize('index', FOLDERS)
+def test_the_retrieval_command_on_list_files_reproduces_the_originals_miou(index, tmp_path):
+  from cast_jax.evaluate import spml_retrieval_main as cli
+
+  folder = folders_or_skip('spml_retrieval')[index]
+  meta, spec, inputs, want, *_ = run_retrieval(folder)
+  lists = _write_voc_like(tmp_path, inputs)
+  args = [f'--checkpoint={folder / meta["moco_checkpoint"]}', f'--data_dir={tmp_path}',
+          f'--memory_list={lists["train"]}', f'--query_list={lists["query"]}', f'--num_classes={meta["n_cls"]}',
+          f'--test_image_size={meta["test_image_size"]}', f'--num_superpixels={meta["num_superpixels"]}',
+          f'--max_segments={spec.max_segments}', f'--num_clusters={",".join(map(str, spec.clusters()))}',
+          f'--top_k={meta["top_k"]}', '--chunk=8']
+  result = cli.run(args)
+  assert result['tp'] == want['tp'].tolist() and result['tp_fp'] == want['tp_fp'].tolist()
+  np.testing.assert_allclose(result['miou'], want['miou'], rtol=1e-12)
