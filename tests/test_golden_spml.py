@@ -251,3 +251,21 @@ def test_two_spml_sgd_updates_on_lr_poly_match_the_original(index):
   # cls_token gets a gradient but is in no group: it never moves.
   assert np.abs(grads[0]['encoder']['cls_token']).max() > 0
   np.testing.assert_array_equal(after['params']['encoder']['cls_token'], start['params']['encoder']['cls_token'])
+
+
+@pytest.mark.parametrize('index', range(max(1, len(spml_folders('spml')))))
+def test_training_superpixels_on_the_half_size_crop(index):
+  """SEEDS on the crop scaled by 0.5 with OpenCV's (width, height) dsize: the fixture's maps exactly."""
+  from cast_jax.evaluate.spml_inputs import train_crop_superpixels
+
+  folder = folders_or_skip()[index]
+  meta = json.loads((folder / 'meta.json').read_text())
+  inputs = np.load(folder / 'inputs.npz')
+  for crop, want in zip(inputs['image_uint8'], inputs['superpixels']):
+    got = train_crop_superpixels(crop, meta['num_superpixels'], meta['slic_scale_factor'],
+                                 max_segments=4 * meta['num_superpixels'])
+    np.testing.assert_array_equal(got, want)
+  # A non-square crop gives the transposed map, as the original.
+  tall = np.ascontiguousarray(inputs['image_uint8'][0][:, : inputs['image_uint8'].shape[2] // 2])
+  got = train_crop_superpixels(tall, meta['num_superpixels'], 0.5, max_segments=4 * meta['num_superpixels'])
+  assert got.shape == (tall.shape[1] // 2, tall.shape[0] // 2)
