@@ -74,7 +74,9 @@ def scaled_error(got, want) -> float:
 @functools.lru_cache(maxsize=None)
 def finetune_setup(folder):
   meta = json.loads((folder / 'meta.json').read_text())
-  spec = backbone_spec(meta, pool_dropout=0.0, fusion_dropout=0.0)
+  # Token slots: the requested count, or more where SEEDS made more (the original's S is max id + 1).
+  slots = max(meta['num_superpixels'], int(np.load(folder / 'inputs.npz')['superpixels'].max()) + 1)
+  spec = backbone_spec({**meta, 'num_superpixels': slots}, pool_dropout=0.0, fusion_dropout=0.0)
   model = SPMLEmbedding(build_encoder(spec), num_classes=meta['classifier']['num_classes'])
   snapshot = load_torch_checkpoint(folder / 'snapshot_init.pth')
   enc = encoder_variables(snapshot['embedding_model'], spec)
