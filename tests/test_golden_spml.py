@@ -271,3 +271,36 @@ def test_training_superpixels_on_the_half_size_crop(index):
   tall = np.ascontiguousarray(inputs['image_uint8'][0][:, : inputs['image_uint8'].shape[2] // 2])
   got = train_crop_superpixels(tall, meta['num_superpixels'], 0.5, max_segments=4 * meta['num_superpixels'])
   assert got.shape == (tall.shape[1] // 2, tall.shape[0] // 2)
+
+
+@pytest.mark.slow  # ~17 s: two more compilations at the crops' full resolution
+@pytest.mark.parametrize('index', range(max(1, len(spml_folders('spml')))))
+def test_scoring_the_fine_tuned_model_at_test_resolution(index):
+  """The fixture's model on its own crops through the test-time path (SEEDS at full size, no resize since the
+  max side is kept): predictions equal the forward's argmax at that resolution, and the counts follow from
+  them and the labels."""
+  from cast_jax.evaluate import spml_finetune
+  from cast_jax.evaluate.spml_inputs import prepare_test_image
+
+  folder = folders_or_skip()[index]
+  meta, spec, model, variables = finetune_setup(folder)
+  inputs = np.load(folder / 'inputs.npz')
+  n_cls = meta['n_cls']
+  predict = spml_finetune.make_predict(model, variables, jit=fast_jit)
+  items = [(f'crop{i}', inputs['image_uint8'][i], inputs['labels'][i]) for i in range(len(inputs['image_uint8']))]
+  size = max(inputs['image_uint8'].shape[1:3])
+  labels = [np.where(lab < n_cls, lab, 255).astype(np.uint8) for _, _, lab in items]
+  items = [(name, image, lab) for (name, image, _), lab in zip(items, labels)]
+  scores = spml_finetune.score_finetuned(predict, items, n_cls, size, spec.max_segments, spec.max_segments)
+  total = np.zeros((3, n_cls))
+  prepared = [prepare_test_image(image, label, size, spec.max_segments, spec.max_segments) for _, image, label in items]
+  forward = fast_jit(functools.partial(model.apply, train=False))
+  logits = forward(variables, jnp.asarray(np.stack([p['image'] for p in prepared])),
+                   jnp.asarray(np.stack([p['superpixels'] for p in prepared])))['logits']
+  for (name, image, label), want in zip(items, np.asarray(logits).argmax(-1)):
+    np.testing.assert_array_equal(scores['predictions'][name], want)
+    valid = label < n_cls
+    for c in range(n_cls):
+      total[:, c] += [(label[valid] == c).sum(), (want[valid] == c).sum(), ((want == c) & (label == c)).sum()]
+  np.testing.assert_array_equal(np.stack([scores['tp_fn'], scores['tp_fp'], scores['tp']]), total)
+  assert total[0].sum() > 0 and 0.0 <= scores['miou'] <= 100.0
