@@ -100,6 +100,8 @@ def test_bad_input_is_refused_with_a_clear_message():
     sr.Memory(_unit(rng, (5, 4)), np.full(5, 255))
   with pytest.raises(ValueError, match='fewer than top_k=20'):
     sr.Memory(_unit(rng, (19, 4)), np.zeros(19))
+  with pytest.raises(ValueError, match='multiple of chunk=16'):
+    sr.topk_labels(jnp.zeros((2, 4)), jnp.zeros((40, 4)), jnp.zeros(40, jnp.int32), jnp.ones(40, bool), k=20, chunk=16)
   with pytest.raises(ValueError, match='missing'):
     classifier_from_torch({'semantic_classifier.0.weight': np.zeros((4, 4, 1, 1))})
 

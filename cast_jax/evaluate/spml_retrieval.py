@@ -141,6 +141,9 @@ def _scan_topk(queries, prototypes, labels, valid, k: int, chunk: int):
 def topk_labels(queries, prototypes, labels, valid, k: int = TOP_K, chunk: int = 4096):
   """queries (Q, C) unit prototypes against the memory (M, C) (M a multiple of chunk) -> (Q, k) similarities
   (descending) and the labels of those memory prototypes."""
+  if prototypes.shape[0] % chunk or prototypes.shape[0] < k:
+    raise ValueError(f'memory rows {prototypes.shape[0]} must be a multiple of chunk={chunk} and at least k={k}; '
+                     'build the memory with Memory(...), which pads and masks it')
   return _scan_topk(queries.astype(jnp.float32), prototypes, labels, valid, k, chunk)
 
 
