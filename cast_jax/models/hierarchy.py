@@ -2,7 +2,8 @@
 
 Level l assigns every level-(l-1) token to one of K_l clusters (argmax of ``logit{l}``); composing the levels
 gives the level-l cluster of every superpixel, and reading that through a superpixel map gives it per pixel.
-This is the notebooks' fine-to-coarse algorithm (spec_voc_parts_notebooks.md §1.2); the levels are nested.
+This is the notebooks' fine-to-coarse algorithm (docs/original_behaviour.md#hierarchy-from-the-notebooks); the
+levels are nested.
 """
 
 from __future__ import annotations
