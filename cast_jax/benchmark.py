@@ -3,7 +3,7 @@
     python -m cast_jax.benchmark                       # everything
     python -m cast_jax.benchmark --only forward --batch 32 --repeats 5
 
-Measurements (more join as the trainers land):
+Measurements (``--only`` picks some):
   forward: the eval forward pass of a CAST model (default cast_small, 224 px, 196 superpixels, batch 32):
     compile time, then images per second over ``repeats`` timed calls after one warm-up call, and GFLOP/s by
     XLA's own flop count.
