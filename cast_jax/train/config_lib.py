@@ -26,7 +26,8 @@ def eval_entry(type_name: str, num_examples: int = -1, **options) -> ml_collecti
 
 
 def moco_defaults() -> ml_collections.ConfigDict:
-  """MoCo-v3 as the original runs it for CAST on ImageNet-1K (spec_moco.md §2, §3)."""
+  """MoCo-v3 as the original runs it for CAST on ImageNet-1K
+  (docs/original_behaviour.md#moco-optimisation-and-schedules)."""
   c = ml_collections.ConfigDict()
   c.trainer = 'moco'
   c.seed = 0
@@ -77,7 +78,7 @@ def moco_defaults() -> ml_collections.ConfigDict:
 
 
 def supervised_defaults() -> ml_collections.ConfigDict:
-  """DeiT supervised training of CAST on ImageNet-1K as the original (spec_supervised_seg.md §2)."""
+  """DeiT supervised training of CAST on ImageNet-1K as the original (docs/original_behaviour.md#deit-recipe)."""
   c = moco_defaults()
   c.trainer = 'supervised'
   c.model.update(kind='cast_deit', moco=False, drop_path_rate=0.1)
@@ -108,8 +109,9 @@ def supervised_defaults() -> ml_collections.ConfigDict:
 
 
 def lincls_defaults() -> ml_collections.ConfigDict:
-  """MoCo-v3 ``main_lincls`` on a pretrained encoder (spec_moco.md §4): frozen backbone in inference mode,
-  linear head on the normalized cls feature, SGD momentum 0.9, no weight decay, 90 epochs per-epoch cosine."""
+  """MoCo-v3 ``main_lincls`` on a pretrained encoder (docs/original_behaviour.md#linear-probe): frozen backbone in
+  inference mode, linear head on the normalized cls feature, SGD momentum 0.9, no weight decay, 90 epochs per-epoch
+  cosine."""
   c = moco_defaults()
   c.trainer = 'linear_probe'
   c.model.update(kind='cast', moco=False)
