@@ -5,10 +5,11 @@ from __future__ import annotations
 import numpy as np
 
 from cast_jax.superpixels.config import SuperpixelConfig, preset
+from cast_jax.superpixels.jax_slic import jax_slic_superpixels, jax_slic_superpixels_batch
 from cast_jax.superpixels.seeds import seeds_superpixels
 from cast_jax.superpixels.slic import slic_superpixels
 
-_METHODS = {'seeds': seeds_superpixels, 'slic': slic_superpixels}
+_METHODS = {'seeds': seeds_superpixels, 'slic': slic_superpixels, 'jax_slic': jax_slic_superpixels}
 
 
 def resolve_config(config: SuperpixelConfig | str) -> SuperpixelConfig:
@@ -38,4 +39,6 @@ def compute_superpixels_batch(images, config: SuperpixelConfig | str = 'moco',
                               max_segments: int | None = None) -> np.ndarray:
   """``compute_superpixels`` of each of (B, H, W, 3) uint8 ``images``, stacked to int32 (B, H, W)."""
   config = resolve_config(config)
+  if config.method == 'jax_slic':  # one jitted call for the whole batch
+    return jax_slic_superpixels_batch(images, config, max_segments)
   return np.stack([compute_superpixels(image, config, max_segments) for image in images])
