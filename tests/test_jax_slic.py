@@ -11,11 +11,18 @@ from skimage import color, data
 
 from cast_jax.data import augment
 from cast_jax.superpixels import compute_superpixels, compute_superpixels_batch, preset, validate_superpixels
-from cast_jax.superpixels.jax_slic import block_grid, rgb_to_lab, slic_batch, slic_from_normalized
+from cast_jax.superpixels.jax_slic import block_grid, enforce_connectivity, rgb_to_lab, slic_batch, slic_from_normalized
+from cast_jax.superpixels.quality import fragments
 
 
 def _photo(name: str, size: tuple[int, int]) -> np.ndarray:
   return np.asarray(Image.fromarray(getattr(data, name)()).resize(size, Image.BILINEAR))
+
+
+def _slic(images, connectivity: bool = True):
+  """slic_batch at 48 segments with every static argument by keyword, as the host path calls it: one compile
+  per input shape and dtype for the whole module."""
+  return np.asarray(slic_batch(images, num_segments=48, iterations=10, compactness=10.0, connectivity=connectivity))
 
 
 def _batch() -> np.ndarray:
@@ -43,7 +50,7 @@ def test_block_grid(height, width, count, expected):
 
 def test_contract_on_real_and_random_images():
   images = _batch()
-  labels = np.asarray(slic_batch(images, num_segments=48))
+  labels = _slic(images)
   assert labels.shape == images.shape[:3] and labels.dtype == np.int32
   for image_labels in labels:
     validate_superpixels(image_labels, 48)  # int32, dense from 0, at most 48
@@ -55,20 +62,41 @@ def test_contract_on_real_and_random_images():
 
 def test_deterministic_jitted_and_batch_independent():
   images = _batch()
-  first = np.asarray(slic_batch(images, num_segments=48))
-  np.testing.assert_array_equal(first, np.asarray(slic_batch(images, num_segments=48)))
+  first = _slic(images)
+  np.testing.assert_array_equal(first, _slic(images))
   for i in range(len(images)):  # alone or in a batch, the same map
-    np.testing.assert_array_equal(first[i], np.asarray(slic_batch(images[i:i + 1], num_segments=48))[0])
+    np.testing.assert_array_equal(first[i], _slic(images[i:i + 1])[0])
   # Under an enclosing jit (as inside a train step), with float [0, 1] input: the same map again.
-  outer = jax.jit(lambda x: slic_batch(x, num_segments=48) + 0)
+  outer = jax.jit(lambda x: slic_batch(x, num_segments=48, iterations=10, compactness=10.0, connectivity=True) + 0)
   np.testing.assert_array_equal(first, np.asarray(outer(jnp.asarray(images, jnp.float32) / 255.0)))
+
+
+def test_connectivity_is_enforced():
+  images = _batch()
+  connected = _slic(images)
+  loose = np.asarray(_slic(images, connectivity=False))
+  assert [fragments(labels) for labels in connected] == [1.0, 1.0, 1.0]
+  assert max(fragments(labels) for labels in loose) > 1.0  # the pass had work to do
+  for labels in loose:
+    validate_superpixels(labels, 48)  # the contract holds without it too
+
+
+def test_enforce_connectivity_absorbs_small_pieces():
+  labels = np.zeros((1, 8, 8), np.int32)
+  labels[0, :, 4:] = 1
+  labels[0, 1:3, 5:7] = 0  # a 2x2 piece of id 0 inside id 1: absorbed by id 1
+  labels[0, 6, 1] = 2  # a lone pixel of id 2 is its id's only piece: kept
+  out = np.asarray(jax.jit(lambda x: enforce_connectivity(x, 3, 8, 8))(labels))[0]
+  expected = labels[0].copy()
+  expected[1:3, 5:7] = 1
+  np.testing.assert_array_equal(out, expected)
 
 
 def test_follows_a_colour_edge():
   """Two flat halves split off the grid lines: no superpixel straddles the edge."""
-  image = np.zeros((64, 64, 3), np.uint8)
+  image = np.zeros((72, 96, 3), np.uint8)  # cells are 12 px wide: the edge at 27 is off the grid lines
   image[:, 27:] = (200, 40, 40)
-  labels = np.asarray(slic_batch(image[None], num_segments=16))[0]
+  labels = _slic(image[None])[0]
   left, right = set(np.unique(labels[:, :27])), set(np.unique(labels[:, 27:]))
   assert not left & right
 
@@ -77,7 +105,7 @@ def test_from_normalized_views_matches_uint8():
   images = _batch()
   normalized = np.stack([augment.normalize(image) for image in images])
   np.testing.assert_array_equal(np.asarray(slic_from_normalized(normalized, num_segments=48)),
-                                np.asarray(slic_batch(images, num_segments=48)))
+                                _slic(images))
 
 
 def test_host_path_through_compute_superpixels():
@@ -85,8 +113,8 @@ def test_host_path_through_compute_superpixels():
   config = preset('jax_slic', num_segments=48)
   one = compute_superpixels(images[1], config)
   validate_superpixels(one, 48)
-  np.testing.assert_array_equal(one, np.asarray(slic_batch(images[1:2], num_segments=48))[0])
-  np.testing.assert_array_equal(compute_superpixels_batch(images, config), np.asarray(slic_batch(images, 48)))
+  np.testing.assert_array_equal(one, _slic(images[1:2])[0])
+  np.testing.assert_array_equal(compute_superpixels_batch(images, config), _slic(images))
   # max_segments below the request: fewer cells are made, the contract holds.
   validate_superpixels(compute_superpixels(images[0], config, max_segments=20), 20)
 
