@@ -11,7 +11,8 @@ from skimage import color, data
 
 from cast_jax.data import augment
 from cast_jax.superpixels import compute_superpixels, compute_superpixels_batch, preset, validate_superpixels
-from cast_jax.superpixels.jax_slic import block_grid, enforce_connectivity, rgb_to_lab, slic_batch, slic_from_normalized
+from cast_jax.superpixels.jax_slic import (block_grid, device_superpixel_fn, enforce_connectivity, rgb_to_lab, slic_batch,
+                                           slic_from_normalized)
 from cast_jax.superpixels.quality import fragments
 
 

@@ -75,7 +75,8 @@ def test_shape_mismatch_is_refused():
 def test_command_on_partworld(capsys):
   assert quality.main(['--num-images', '2', '--settings', '64:16']) == 0
   rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
-  assert [row['method'] for row in rows] == ['seeds', 'skimage_slic', 'jax_slic']
+  assert [row['method'] for row in rows] == ['seeds', 'skimage_slic', 'jax_slic', 'jax_slic_unconnected']
   for row in rows:
     assert 0.5 < row['boundary_recall'] <= 1.0 and 0.0 <= row['undersegmentation_error'] < 0.5
     assert 1 <= row['segments'] <= 16 and row['fragments'] >= 1.0
+  assert rows[1]['fragments'] == rows[2]['fragments'] == 1.0  # both SLICs enforce connectivity

@@ -52,6 +52,8 @@ class SuperpixelConfig:
     min_fraction: SLIC triples the compactness (at most ``max_retries`` times) while it returns fewer than
       ``min_fraction * requested`` segments, as the original's SLIC dataset does (without a bound).
     max_retries: bound on those retries.
+    enforce_connectivity: jax_slic only: absorb each id's smaller pieces into touching superpixels (scikit-image
+      SLIC here always enforces connectivity, SEEDS's ids are connected by construction).
   """
   method: str = 'seeds'
   num_segments: int | None = 196
@@ -67,6 +69,7 @@ class SuperpixelConfig:
   sigma: float = 0.0
   min_fraction: float = 0.5
   max_retries: int = 6
+  enforce_connectivity: bool = True
 
   def __post_init__(self):
     if self.method not in METHODS:

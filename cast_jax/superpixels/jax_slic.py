@@ -13,13 +13,14 @@ The algorithm is SLIC's k-means in (L*, a*, b*, y, x) (Achanta et al. 2012) orga
    own* grid cell, by ``|dLab|^2 + (compactness / S)^2 |dxy|^2`` (S the cell side); every centre moves to the
    mean of its pixels (an emptied centre stays where it was). Each pixel looks at 9 centres, so an iteration
    costs O(H W), not O(H W K).
-4. A final assignment, the connectivity pass below, then the ids still present are closed up to 0..n-1 in grid (raster) order, the order
-   ``contract.relabel_dense`` keeps.
+4. A final assignment, the connectivity pass below, then the ids still present are closed up to 0..n-1 in grid
+   (raster) order, the order ``contract.relabel_dense`` keeps.
 
 Determinism: no scatter-adds of floats (their order is not fixed on GPUs). The image is laid out as blocks, one
 per grid cell, so the per-centre sums of step 3 are plain reductions over each block's pixels (once per offset
 of the 3x3 neighbourhood), and the 9 candidate centres of a pixel are slices of the padded centre array; the
-only scatter is an integer ``max`` that marks present ids, whose result does not depend on order.
+only scatters are integer ones (add, max, min: the connectivity pass and the marking of present ids), whose
+results do not depend on order.
 
 Connectivity (``connectivity=True``, the default): a k-means cluster may come out as more than one connected
 piece (a thin stripe cut off by a neighbour, a few pixels of one colour inside another). ``enforce_connectivity``
@@ -27,6 +28,15 @@ keeps each id's largest piece and lets the others join touching superpixels, in 
 shapes); unlike scikit-image's pass it does not also merge pieces below a minimum size. Ids meet the contract
 (int32, dense from 0, at most ``max_segments``) either way; a disconnected id is one token pooled from two
 places. ``quality`` measures both against PartWorld's parts.
+
+Two ways to use it:
+
+* On the host, like SEEDS: ``data.superpixels='jax_slic'`` (preset ``jax_slic``; ``superpixel_overrides`` as for
+  the others) makes ``compute_superpixels`` call the jitted function on each view, in the recipe's process.
+* On the device, inside a jitted train step (``device_superpixel_fn``): the recipes then only decode, augment and
+  normalise (their superpixel_fn can be ``inputs._no_superpixels``-like), and the step computes the maps from the
+  normalised views it already holds. Not wired into the trainers yet: the knob proposed for the config is
+  ``data.superpixels_on_device = True`` with ``data.superpixels = 'jax_slic'``.
 """
 
 from __future__ import annotations
@@ -251,9 +261,9 @@ def relabel_present(labels: jax.Array, num_ids: int) -> jax.Array:
   return jnp.take_along_axis(new_id, flat, axis=1).reshape(labels.shape).astype(jnp.int32)
 
 
-@functools.partial(jax.jit, static_argnames=('num_segments', 'iterations', 'compactness'))
+@functools.partial(jax.jit, static_argnames=('num_segments', 'iterations', 'compactness', 'connectivity'))
 def slic_from_normalized(images: jax.Array, num_segments: int = 196, iterations: int = DEFAULT_ITERATIONS,
-                         compactness: float = DEFAULT_COMPACTNESS) -> jax.Array:
+                         compactness: float = DEFAULT_COMPACTNESS, connectivity: bool = True) -> jax.Array:
   """``slic_batch`` of ImageNet-normalised views (the recipes' ``augment.normalize`` output), for use inside a
   jitted train step: the host then only decodes and augments, and ships no superpixel maps.
 
@@ -264,7 +274,8 @@ def slic_from_normalized(images: jax.Array, num_segments: int = 196, iterations:
     int32 (B, H, W) superpixel ids (see ``slic_batch``).
   """
   rgb = images.astype(jnp.float32) * jnp.asarray(_IMAGENET_STD) + jnp.asarray(_IMAGENET_MEAN)
-  return slic_batch(rgb, num_segments=num_segments, iterations=iterations, compactness=compactness)
+  return slic_batch(rgb, num_segments=num_segments, iterations=iterations, compactness=compactness,
+                    connectivity=connectivity)
 
 
 def _checked_request(height: int, width: int, config, max_segments: int | None) -> int:
@@ -281,13 +292,15 @@ def jax_slic_superpixels(image, config, max_segments: int | None = None) -> np.n
 
   Runs the jitted ``slic_batch`` on a batch of one (compiled once per image size and settings).
   """
-  from cast_jax.superpixels.contract import as_rgb_uint8, validate_superpixels  # pylint: disable=import-outside-toplevel
+  # Imported here: contract imports nothing of jax, and this module stays importable on its own.
+  from cast_jax.superpixels import contract  # pylint: disable=import-outside-toplevel
 
-  image = as_rgb_uint8(image)
+  image = contract.as_rgb_uint8(image)
   count = _checked_request(*image.shape[:2], config, max_segments)
   labels = np.asarray(slic_batch(image[None], num_segments=count, iterations=config.iterations,
-                                 compactness=float(config.compactness), connectivity=True))[0]
-  validate_superpixels(labels, count)
+                                 compactness=float(config.compactness),
+                                 connectivity=bool(config.enforce_connectivity)))[0]
+  contract.validate_superpixels(labels, count)
   return labels
 
 
@@ -300,4 +313,27 @@ def jax_slic_superpixels_batch(images, config, max_segments: int | None = None) 
   # Every static argument passed by keyword, always: jit caches per call signature, so a call that leaves one to
   # its default would compile again.
   return np.asarray(slic_batch(images, num_segments=count, iterations=config.iterations,
-                               compactness=float(config.compactness), connectivity=True))
+                               compactness=float(config.compactness), connectivity=bool(config.enforce_connectivity)))
+
+
+def device_superpixel_fn(config, max_segments: int | None = None):
+  """The train step's superpixel function: normalised views (B, H, W, 3) float -> int32 (B, H, W), jittable.
+
+  Args:
+    config: a SuperpixelConfig with method 'jax_slic', or a preset name (e.g. 'jax_slic').
+    max_segments: the model's token slots; the request is capped at it (as on the host).
+  """
+  from cast_jax.superpixels.config import preset  # pylint: disable=import-outside-toplevel
+
+  config = preset(config) if isinstance(config, str) else config
+  if config.method != 'jax_slic':
+    raise ValueError(f'only method jax_slic runs on the device, got {config.method!r}: set data.superpixels to '
+                     "'jax_slic' (or compute SEEDS / SLIC maps on the host)")
+
+  def superpixels(images: jax.Array) -> jax.Array:
+    count = _checked_request(images.shape[1], images.shape[2], config, max_segments)
+    return slic_from_normalized(images, num_segments=count, iterations=config.iterations,
+                                compactness=float(config.compactness),
+                                connectivity=bool(config.enforce_connectivity))
+
+  return superpixels

@@ -13,8 +13,8 @@ count), over PartWorld validation images, the mean of:
   each leak counted once by its smaller side. 0 for a map that nests in the parts.
 * ``achievable_accuracy``: the fraction of pixels labelled correctly when every superpixel takes its majority
   part (the best any model pooling these tokens can do).
-* ``segments``: ids per image; ``fragments``: 4-connected pieces per id (1.0 when every id is connected; SEEDS
-  and scikit-image SLIC enforce it, ``jax_slic`` does not).
+* ``segments``: ids per image; ``fragments``: 4-connected pieces per id (1.0 when every id is connected; SEEDS,
+  scikit-image SLIC and ``jax_slic`` enforce it, ``jax_slic_unconnected`` shows what jax_slic's pass changes).
 
 The ground truth is ``part_mask`` with the background (id 0, textured, with distractor blobs) as one region.
 """
@@ -100,9 +100,10 @@ def scores(superpixels: np.ndarray, truth: np.ndarray, tolerance: int = 2) -> di
 
 def method_configs(num_segments: int) -> dict:
   """The compared methods at ``num_segments``: SEEDS with the MoCo recipe's settings (15 bins, 20 iterations),
-  scikit-image SLIC as the original's SLIC dataset runs it, and jax_slic."""
+  scikit-image SLIC as the original's SLIC dataset runs it, and jax_slic with and without its connectivity pass."""
   return {'seeds': preset('moco', num_segments=num_segments), 'skimage_slic': preset('slic', num_segments=num_segments),
-          'jax_slic': preset('jax_slic', num_segments=num_segments)}
+          'jax_slic': preset('jax_slic', num_segments=num_segments),
+          'jax_slic_unconnected': preset('jax_slic', num_segments=num_segments, enforce_connectivity=False)}
 
 
 def evaluate(image_size: int, num_segments: int, num_images: int, seed: int = 0, tolerance: int = 2,
@@ -146,7 +147,7 @@ def main(argv=None) -> int:
                       help='IMAGE_SIZE:SEGMENTS pairs (the demo: 64:49; the published MoCo recipe: 224:196)')
   parser.add_argument('--tolerance', type=int, default=2)
   parser.add_argument('--seed', type=int, default=0)
-  parser.add_argument('--methods', nargs='+', choices=['seeds', 'skimage_slic', 'jax_slic'])
+  parser.add_argument('--methods', nargs='+', choices=['seeds', 'skimage_slic', 'jax_slic', 'jax_slic_unconnected'])
   args = parser.parse_args(argv)
   for size, count in args.settings:
     for row in evaluate(size, count, args.num_images, args.seed, args.tolerance, tuple(args.methods or ())):
