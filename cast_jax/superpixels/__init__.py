@@ -5,7 +5,8 @@
 
 Every method takes uint8 (H, W, 3) RGB and returns int32 (H, W) ids dense from 0, at most ``max_segments`` of
 them (``contract``). ``config`` holds the per-recipe presets; ``seeds``, ``slic`` and ``jax_slic`` (jitted,
-batched, any device) the methods; ``quality`` scores them against PartWorld's parts.
+batched, any device; import ``cast_jax.superpixels.jax_slic`` for its batch and train-step functions, so that
+this package alone does not import jax) the methods; ``quality`` scores them against PartWorld's parts.
 """
 
 from cast_jax.superpixels.compute import compute_superpixels, compute_superpixels_batch, resolve_config
@@ -13,12 +14,11 @@ from cast_jax.superpixels.config import PRESETS, SuperpixelConfig, preset
 from cast_jax.superpixels.contract import as_rgb_uint8, float_to_uint8, relabel_dense, validate_superpixels
 from cast_jax.superpixels.seeds import SeedsGrid, invert_uint8, seeds_grid, seeds_superpixels
 from cast_jax.superpixels.slic import slic_superpixels
-from cast_jax.superpixels.jax_slic import jax_slic_superpixels, slic_batch, slic_from_normalized
 from cast_jax.superpixels.throughput import sample_images, superpixel_throughput
 
 __all__ = [
     'PRESETS', 'SeedsGrid', 'SuperpixelConfig', 'as_rgb_uint8', 'compute_superpixels', 'compute_superpixels_batch',
-    'float_to_uint8', 'invert_uint8', 'jax_slic_superpixels', 'preset', 'relabel_dense', 'resolve_config',
-    'sample_images', 'seeds_grid', 'seeds_superpixels', 'slic_batch', 'slic_from_normalized', 'slic_superpixels',
+    'float_to_uint8', 'invert_uint8', 'preset', 'relabel_dense', 'resolve_config',
+    'sample_images', 'seeds_grid', 'seeds_superpixels', 'slic_superpixels',
     'superpixel_throughput', 'validate_superpixels',
 ]

@@ -183,7 +183,14 @@ def slic_batch(images: jax.Array, num_segments: int = 196, iterations: int = DEF
     # a pointer jump per round, one cell side per axis was enough on photos (8 rounds at 224 px left ~0.5% extra
     # pieces, 16 none).
     reach = cell_h + cell_w
-    labels = enforce_connectivity(labels, rows * cols, label_iterations=reach, absorb_iterations=reach)
+    # Pieces join the touching superpixel whose centre is nearest in the k-means distance, so that a piece cut
+    # off along a colour edge joins the side of the edge it resembles.
+    pixel_features = jnp.concatenate([lab, jnp.broadcast_to(
+        jnp.stack(jnp.meshgrid(jnp.arange(height, dtype=jnp.float32), jnp.arange(width, dtype=jnp.float32),
+                               indexing='ij'), -1), (batch, height, width, 2))], -1) * scale
+    labels = enforce_connectivity(labels, rows * cols, label_iterations=reach, absorb_iterations=reach,
+                                  pixel_features=pixel_features,
+                                  id_features=(centres * scale).reshape(batch, rows * cols, 5))
   return relabel_present(labels, rows * cols)
 
 
@@ -195,15 +202,17 @@ def _neighbours(values: jax.Array, fill) -> list[jax.Array]:
           padded[:, 2:, 1:width + 1], padded[:, 1:height + 1, 2:]]
 
 
-def enforce_connectivity(labels: jax.Array, num_ids: int, label_iterations: int, absorb_iterations: int) -> jax.Array:
+def enforce_connectivity(labels: jax.Array, num_ids: int, label_iterations: int, absorb_iterations: int,
+                         pixel_features: jax.Array | None = None, id_features: jax.Array | None = None) -> jax.Array:
   """Each id keeps its largest 4-connected piece; its other pieces join touching superpixels (jittable).
 
   1. Connected pieces: every pixel points at the smallest pixel index it has reached through same-id
      neighbours (min-propagation, then a pointer jump per round, ``label_iterations`` rounds).
   2. Piece sizes by an integer scatter-add; each id keeps its largest piece (ties: smallest root).
-  3. ``absorb_iterations`` rounds in which a pixel of a dropped piece takes the id of a kept 4-neighbour (up,
-     left, down, right: the first kept one) and becomes kept. A pixel joins its new id through a kept neighbour
-     of that id, so kept regions stay connected.
+  3. ``absorb_iterations`` rounds in which a pixel of a dropped piece takes the id of a kept 4-neighbour and
+     becomes kept: the neighbour's id whose ``id_features`` are nearest the pixel's ``pixel_features`` when given,
+     else the first kept one of up, left, down, right (ties go the same way). A pixel joins its new id through a
+     kept neighbour of that id, so kept regions stay connected.
 
   Integer scatters only (add, max, min), so the result does not depend on their order. Pieces that a bounded
   number of rounds cannot finish (far longer than a superpixel) keep their id: connectivity is then not
@@ -211,6 +220,8 @@ def enforce_connectivity(labels: jax.Array, num_ids: int, label_iterations: int,
 
   Args:
     labels: (B, H, W) int32 ids in 0..num_ids-1.
+    pixel_features: optional (B, H, W, C) float features of each pixel (jax_slic: scaled Lab, y, x).
+    id_features: optional (B, num_ids, C) features of each id (jax_slic: its scaled centre).
   Returns:
     (B, H, W) int32 ids in 0..num_ids-1 (not closed up: ``relabel_present`` does that).
   """
@@ -237,12 +248,18 @@ def enforce_connectivity(labels: jax.Array, num_ids: int, label_iterations: int,
 
   def absorb(state, _):
     labels, kept = state
-    taken = kept
+    best = jnp.full(labels.shape, jnp.inf, jnp.float32)
+    new_labels = labels
     for label_nb, kept_nb in zip(_neighbours(labels, 0), _neighbours(kept, False)):
-      take = ~taken & kept_nb
-      labels = jnp.where(take, label_nb, labels)
-      taken = taken | take
-    return (labels, taken), None
+      if pixel_features is None:
+        cost = jnp.zeros(labels.shape, jnp.float32)
+      else:
+        centre = jnp.take_along_axis(id_features, label_nb.reshape(batch, count, 1), axis=1)
+        cost = jnp.sum((pixel_features - centre.reshape(pixel_features.shape)) ** 2, -1)
+      take = ~kept & kept_nb & (cost < best)  # strict: ties keep the earlier neighbour
+      new_labels = jnp.where(take, label_nb, new_labels)
+      best = jnp.where(take, cost, best)
+    return (new_labels, kept | jnp.isfinite(best)), None
 
   (labels, _), _ = jax.lax.scan(absorb, (labels, kept), None, length=absorb_iterations)
   return labels
