@@ -93,6 +93,16 @@ def test_enforce_connectivity_absorbs_small_pieces():
   np.testing.assert_array_equal(out, expected)
 
 
+def test_cells_cut_by_the_image_edge_keep_their_centres():
+  """70x90 at 48: 6x8 cells of 12x12 px, the last row and column cut short (padded blocks). On a flat image
+  every centre stays in its cell, so all 48 ids survive; padding that leaked into the centres' sums pushed the
+  last row off the image (35 ids)."""
+  labels = np.asarray(slic_batch(np.full((1, 70, 90, 3), 120, np.uint8), num_segments=48, iterations=10,
+                                 compactness=10.0, connectivity=True))[0]
+  assert labels.max() + 1 == 48
+  validate_superpixels(labels, 48)
+
+
 def test_follows_a_colour_edge():
   """Two flat halves split off the grid lines: no superpixel straddles the edge."""
   image = np.zeros((72, 96, 3), np.uint8)  # cells are 12 px wide: the edge at 27 is off the grid lines

@@ -136,7 +136,9 @@ def slic_batch(images: jax.Array, num_segments: int = 196, iterations: int = DEF
       jnp.broadcast_to(ys[None, :, None, None], (batch, rows * cell_h, cols * cell_w, 1)),
       jnp.broadcast_to(xs[None, None, :, None], (batch, rows * cell_h, cols * cell_w, 1)),
       jnp.broadcast_to(weight[None, :, :, None], (batch, rows * cell_h, cols * cell_w, 1))], -1)
-  features = features.reshape(batch, rows, cell_h, cols, cell_w, 6)
+  # Padding pixels hold zeros in every channel, so that they add nothing to the centres' sums (the weight
+  # channel alone would keep them out of the counts but not out of the coordinate sums).
+  features = (features * weight[None, :, :, None]).reshape(batch, rows, cell_h, cols, cell_w, 6)
 
   step = math.sqrt(height * width / (rows * cols))
   scale = jnp.asarray([1.0, 1.0, 1.0, compactness / step, compactness / step], jnp.float32)
