@@ -124,38 +124,39 @@ def slic_batch(images: jax.Array, num_segments: int = 196, iterations: int = DEF
   rows, cols, cell_h, cell_w = block_grid(height, width, num_segments)
   lab = rgb_to_lab(_to_unit_rgb(images))  # (B, H, W, 3)
 
-  # Block layout (B, rows, cell_h, cols, cell_w, C): a pixel's own grid cell is its block, so the 3x3
-  # neighbouring centres are slices of a padded centre array (no gathers) and per-cell sums are reductions over
-  # axes 2 and 4 (fixed order: deterministic). Padding pixels (bottom / right) carry weight 0.
+  # Block layout, channels first (B, C, rows, cell_h, cols, cell_w): a pixel's own grid cell is its block, so
+  # the 3x3 neighbouring centres are slices of a padded centre array (no gathers), per-cell sums are reductions
+  # over axes 3 and 5 (fixed order: deterministic), and every elementwise step runs along cell_w in memory (a
+  # channels-last layout, 5 or 6 wide innermost, ran several times slower on CPU). Padding pixels (bottom /
+  # right) carry weight 0 in every channel, so they add nothing to the centres' sums.
   pad_h, pad_w = rows * cell_h - height, cols * cell_w - width
   ys = jnp.arange(rows * cell_h, dtype=jnp.float32)
   xs = jnp.arange(cols * cell_w, dtype=jnp.float32)
   weight = ((ys < height)[:, None] & (xs < width)[None, :]).astype(jnp.float32)
+  plane = (batch, 1, rows * cell_h, cols * cell_w)
   features = jnp.concatenate([
-      jnp.pad(lab, ((0, 0), (0, pad_h), (0, pad_w), (0, 0))),
-      jnp.broadcast_to(ys[None, :, None, None], (batch, rows * cell_h, cols * cell_w, 1)),
-      jnp.broadcast_to(xs[None, None, :, None], (batch, rows * cell_h, cols * cell_w, 1)),
-      jnp.broadcast_to(weight[None, :, :, None], (batch, rows * cell_h, cols * cell_w, 1))], -1)
-  # Padding pixels hold zeros in every channel, so that they add nothing to the centres' sums (the weight
-  # channel alone would keep them out of the counts but not out of the coordinate sums).
-  features = (features * weight[None, :, :, None]).reshape(batch, rows, cell_h, cols, cell_w, 6)
+      jnp.pad(jnp.moveaxis(lab, -1, 1), ((0, 0), (0, 0), (0, pad_h), (0, pad_w))),
+      jnp.broadcast_to(ys[:, None], plane), jnp.broadcast_to(xs[None, :], plane), jnp.broadcast_to(weight, plane)],
+      axis=1) * weight
+  features = features.reshape(batch, 6, rows, cell_h, cols, cell_w)
 
   step = math.sqrt(height * width / (rows * cols))
-  scale = jnp.asarray([1.0, 1.0, 1.0, compactness / step, compactness / step], jnp.float32)
+  scale = np.array([1.0, 1.0, 1.0, compactness / step, compactness / step], np.float32)
+  scaled = features[:, :5] * jnp.asarray(scale)[None, :, None, None, None, None]
 
-  # Starting centres: each cell's mean (its middle, its mean colour).
-  sums = features.sum(axis=(2, 4))  # (B, rows, cols, 6)
-  centres = sums[..., :5] / jnp.maximum(sums[..., 5:], 1.0)
+  # Starting centres: each cell's mean (its middle, its mean colour), (B, 5, rows, cols).
+  sums = features.sum(axis=(3, 5))  # (B, 6, rows, cols)
+  centres = sums[:, :5] / jnp.maximum(sums[:, 5:], 1.0)
 
   def assign(centres):
     """Index 0..8 into _OFFSETS of each pixel's nearest neighbouring centre: (B, rows, cell_h, cols, cell_w)."""
-    padded = jnp.pad(centres * scale, ((0, 0), (1, 1), (1, 1), (0, 0)), constant_values=jnp.inf)
-    scaled = features[..., :5] * scale
-    best = jnp.full(features.shape[:-1], jnp.inf, jnp.float32)
-    choice = jnp.zeros(features.shape[:-1], jnp.int32)
+    padded = jnp.pad(centres * jnp.asarray(scale)[None, :, None, None], ((0, 0), (0, 0), (1, 1), (1, 1)),
+                     constant_values=jnp.inf)
+    best = jnp.full(scaled.shape[:1] + scaled.shape[2:], jnp.inf, jnp.float32)
+    choice = jnp.zeros(best.shape, jnp.int32)
     for index, (dy, dx) in enumerate(_OFFSETS):
-      centre = padded[:, 1 + dy:1 + dy + rows, 1 + dx:1 + dx + cols][:, :, None, :, None, :]
-      dist = jnp.sum((scaled - centre) ** 2, -1)  # inf outside the grid
+      centre = padded[:, :, 1 + dy:1 + dy + rows, 1 + dx:1 + dx + cols][:, :, :, None, :, None]
+      dist = sum((scaled[:, c] - centre[:, c]) ** 2 for c in range(5))  # inf outside the grid
       better = dist < best  # strict: ties keep the earlier offset, a fixed rule
       best = jnp.where(better, dist, best)
       choice = jnp.where(better, index, choice)
@@ -163,16 +164,16 @@ def slic_batch(images: jax.Array, num_segments: int = 196, iterations: int = DEF
 
   def update(centres, _):
     choice = assign(centres)
-    sums = jnp.zeros((batch, rows, cols, 6), jnp.float32)
+    sums = jnp.zeros((batch, 6, rows, cols), jnp.float32)
     for index, (dy, dx) in enumerate(_OFFSETS):
       # Pixels of cell (i, j) that chose offset (dy, dx) belong to centre (i + dy, j + dx): sum them per
       # cell, then shift the cell sums onto their centres (pad, then slice).
-      part = jnp.where((choice == index)[..., None], features, 0.0).sum(axis=(2, 4))
-      padded = jnp.pad(part, ((0, 0), (1, 1), (1, 1), (0, 0)))
-      sums = sums + padded[:, 1 - dy:1 - dy + rows, 1 - dx:1 - dx + cols]
-    count = sums[..., 5:]
+      part = jnp.where((choice == index)[:, None], features, 0.0).sum(axis=(3, 5))
+      padded = jnp.pad(part, ((0, 0), (0, 0), (1, 1), (1, 1)))
+      sums = sums + padded[:, :, 1 - dy:1 - dy + rows, 1 - dx:1 - dx + cols]
+    count = sums[:, 5:]
     # An emptied centre stays where it was.
-    return jnp.where(count > 0, sums[..., :5] / jnp.maximum(count, 1.0), centres), None
+    return jnp.where(count > 0, sums[:, :5] / jnp.maximum(count, 1.0), centres), None
 
   centres, _ = jax.lax.scan(update, centres, None, length=iterations)
   choice = assign(centres)
@@ -185,35 +186,33 @@ def slic_batch(images: jax.Array, num_segments: int = 196, iterations: int = DEF
     # a pointer jump per round, one cell side per axis was enough on photos (8 rounds at 224 px left ~0.5% extra
     # pieces, 16 none).
     reach = cell_h + cell_w
-    # Pieces join the touching superpixel whose centre is nearest in the k-means distance, so that a piece cut
-    # off along a colour edge joins the side of the edge it resembles.
-    pixel_features = jnp.concatenate([lab, jnp.broadcast_to(
-        jnp.stack(jnp.meshgrid(jnp.arange(height, dtype=jnp.float32), jnp.arange(width, dtype=jnp.float32),
-                               indexing='ij'), -1), (batch, height, width, 2))], -1) * scale
+    # A pixel of a cut-off piece joins the kept neighbour nearest to it in Lab, so that a piece cut off along a
+    # colour edge joins the side of the edge it resembles (neighbours' own colours: no gathers, which are slow on
+    # CPU).
     labels = enforce_connectivity(labels, rows * cols, label_iterations=reach, absorb_iterations=reach,
-                                  pixel_features=pixel_features,
-                                  id_features=(centres * scale).reshape(batch, rows * cols, 5))
+                                  pixel_features=lab)
   return relabel_present(labels, rows * cols)
 
 
 def _neighbours(values: jax.Array, fill) -> list[jax.Array]:
-  """The up, left, down and right 4-neighbour of every pixel of (B, H, W) ``values`` (``fill`` off the image)."""
-  padded = jnp.pad(values, ((0, 0), (1, 1), (1, 1)), constant_values=fill)
-  height, width = values.shape[1:]
+  """The up, left, down and right 4-neighbour of every pixel of (B, H, W, ...) ``values`` (``fill`` off the
+  image)."""
+  padded = jnp.pad(values, ((0, 0), (1, 1), (1, 1)) + ((0, 0),) * (values.ndim - 3), constant_values=fill)
+  height, width = values.shape[1:3]
   return [padded[:, :height, 1:width + 1], padded[:, 1:height + 1, :width],
           padded[:, 2:, 1:width + 1], padded[:, 1:height + 1, 2:]]
 
 
 def enforce_connectivity(labels: jax.Array, num_ids: int, label_iterations: int, absorb_iterations: int,
-                         pixel_features: jax.Array | None = None, id_features: jax.Array | None = None) -> jax.Array:
+                         pixel_features: jax.Array | None = None) -> jax.Array:
   """Each id keeps its largest 4-connected piece; its other pieces join touching superpixels (jittable).
 
   1. Connected pieces: every pixel points at the smallest pixel index it has reached through same-id
      neighbours (min-propagation, then a pointer jump per round, ``label_iterations`` rounds).
   2. Piece sizes by an integer scatter-add; each id keeps its largest piece (ties: smallest root).
   3. ``absorb_iterations`` rounds in which a pixel of a dropped piece takes the id of a kept 4-neighbour and
-     becomes kept: the neighbour's id whose ``id_features`` are nearest the pixel's ``pixel_features`` when given,
-     else the first kept one of up, left, down, right (ties go the same way). A pixel joins its new id through a
+     becomes kept: the id of the kept neighbour whose ``pixel_features`` are nearest the pixel's when given, else
+     of the first kept one of up, left, down, right (ties go the same way). A pixel joins its new id through a
      kept neighbour of that id, so kept regions stay connected.
 
   Integer scatters only (add, max, min), so the result does not depend on their order. Pieces that a bounded
@@ -222,8 +221,7 @@ def enforce_connectivity(labels: jax.Array, num_ids: int, label_iterations: int,
 
   Args:
     labels: (B, H, W) int32 ids in 0..num_ids-1.
-    pixel_features: optional (B, H, W, C) float features of each pixel (jax_slic: scaled Lab, y, x).
-    id_features: optional (B, num_ids, C) features of each id (jax_slic: its scaled centre).
+    pixel_features: optional (B, H, W, C) float features of each pixel (jax_slic: Lab).
   Returns:
     (B, H, W) int32 ids in 0..num_ids-1 (not closed up: ``relabel_present`` does that).
   """
@@ -248,16 +246,16 @@ def enforce_connectivity(labels: jax.Array, num_ids: int, label_iterations: int,
   keep_root = jnp.full(batch * num_ids, count, jnp.int32).at[label_flat].min(candidate)[label_flat]
   kept = (root.ravel() == keep_root).reshape(labels.shape)
 
+  if pixel_features is None:
+    costs = [jnp.zeros(labels.shape, jnp.float32)] * 4
+  else:  # fixed over the rounds: a pixel's colour distance to each of its neighbours
+    costs = [jnp.sum((pixel_features - nb) ** 2, -1) for nb in _neighbours(pixel_features, 0.0)]
+
   def absorb(state, _):
     labels, kept = state
     best = jnp.full(labels.shape, jnp.inf, jnp.float32)
     new_labels = labels
-    for label_nb, kept_nb in zip(_neighbours(labels, 0), _neighbours(kept, False)):
-      if pixel_features is None:
-        cost = jnp.zeros(labels.shape, jnp.float32)
-      else:
-        centre = jnp.take_along_axis(id_features, label_nb.reshape(batch, count, 1), axis=1)
-        cost = jnp.sum((pixel_features - centre.reshape(pixel_features.shape)) ** 2, -1)
+    for label_nb, kept_nb, cost in zip(_neighbours(labels, 0), _neighbours(kept, False), costs):
       take = ~kept & kept_nb & (cost < best)  # strict: ties keep the earlier neighbour
       new_labels = jnp.where(take, label_nb, new_labels)
       best = jnp.where(take, cost, best)
