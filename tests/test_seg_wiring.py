@@ -1,0 +1,69 @@
+"""``train_and_evaluate`` in this process on ``configs/seg_demo.py:test``: the segmentation trainer, the mIoU
+evaluator and the run folder wired together (as tests/test_train_wiring.py for the other trainers).
+
+The :test shrink trains 6 steps of 8 on 44 PartWorld images, so the 6th batch is the epoch's short one (4 real
+rows, 4 padding rows whose labels are all ignored); mIoU is measured on all 6 validation images before training
+and at the end. The second run starts from a ``cast_deit`` workdir (the supervised demo's :test run), as the
+original starts from the DeiT checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from cast_jax.train import loop
+from cast_jax.train.config_lib import load_config_file
+from conftest import REPO_ROOT
+
+EVALUATED = {'miou/miou', 'miou/macc', 'miou/aacc', 'miou/num_examples'}
+
+
+def seg_test_config():
+  return load_config_file(REPO_ROOT / 'configs' / 'seg_demo.py:test')
+
+
+def records(workdir):
+  return [json.loads(line) for line in (workdir / 'metrics.jsonl').read_text().splitlines()]
+
+
+def check(workdir, last):
+  logged = records(workdir)
+  losses = [r['loss'] for r in logged if 'loss' in r]
+  assert len(losses) == 6 and all(math.isfinite(v) for v in losses)
+  lrs = [r['learning_rate'] for r in logged if 'learning_rate' in r]
+  if lrs:  # the polynomial rate over iter_max = 6 steps, from base_lr down
+    assert lrs[0] > lrs[-1] > 0
+  evaluations = [r for r in logged if 'miou/miou' in r]
+  assert [r['step'] for r in evaluations] == [0, 6]
+  for evaluation in evaluations:
+    assert set(evaluation) - {'step'} == EVALUATED
+    assert 0.0 <= evaluation['miou/miou'] <= 100.0 and 0.0 <= evaluation['miou/aacc'] <= 100.0
+    assert evaluation['miou/num_examples'] == 6
+  assert last['miou/miou'] == evaluations[-1]['miou/miou']
+  return evaluations
+
+
+def test_segmentation_trains_from_scratch_and_reports_miou(tmp_path):
+  config = seg_test_config()
+  assert config.trainer == 'segmentation' and config.partial_last_batch
+  config.eval_at_start = True
+  check(tmp_path / 'seg', loop.train_and_evaluate(config, tmp_path / 'seg'))
+
+
+@pytest.mark.slow
+def test_segmentation_starts_from_a_deit_workdir(tmp_path, capsys):
+  """Slow (two short runs, ~1 min): the DeiT demo's :test run, then the Segmenter from its workdir."""
+  deit = load_config_file(REPO_ROOT / 'configs' / 'deit_demo.py:test')
+  loop.train_and_evaluate(deit, tmp_path / 'deit')
+  config = seg_test_config()
+  config.init_checkpoint = str(tmp_path / 'deit')
+  config.eval_at_start = True
+  check(tmp_path / 'seg', loop.train_and_evaluate(config, tmp_path / 'seg'))
+  out = capsys.readouterr().out
+  assert 'initialised the encoder from' in out
+  kept = out.split('kept fresh:')[1].splitlines()[0]
+  assert 'block_fusion' in kept and 'decoder' in kept and 'encoder/blocks' not in kept
