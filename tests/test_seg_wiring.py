@@ -34,9 +34,11 @@ def check(workdir, last):
   logged = records(workdir)
   losses = [r['loss'] for r in logged if 'loss' in r]
   assert len(losses) == 6 and all(math.isfinite(v) for v in losses)
-  lrs = [r['learning_rate'] for r in logged if 'learning_rate' in r]
-  if lrs:  # the polynomial rate over iter_max = 6 steps, from base_lr down
-    assert lrs[0] > lrs[-1] > 0
+  # The polynomial rate stepped every update over iter_max = 6 (= ceil(44 / 8) x 1 epoch): step k used
+  # (base - min)(1 - k / 6)^0.9 + min.
+  config = seg_test_config()
+  expected = [(config.base_lr - config.min_lr) * (1 - k / 6) ** 0.9 + config.min_lr for k in range(6)]
+  np.testing.assert_allclose([r['lr'] for r in logged if 'lr' in r], expected, rtol=1e-6)
   evaluations = [r for r in logged if 'miou/miou' in r]
   assert [r['step'] for r in evaluations] == [0, 6]
   for evaluation in evaluations:
