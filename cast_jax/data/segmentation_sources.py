@@ -52,9 +52,10 @@ class SegmentationTfdsSource:
       import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
       self._source = tfds.data_source(tfds_name, split=split, data_dir=data_dir, download=False)
     except Exception as e:  # not registered, not built, or not ArrayRecord
+      why = str(e).splitlines()[0] if str(e) else ''  # tfds appends the list of every dataset it knows
       raise ValueError(
           f'segmentation dataset {name!r} split {split!r} is not prepared under data_dir={data_dir!r} '
-          f'({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ""}). Download {archives} and build it once with the repository\'s builder: '
+          f'({type(e).__name__}: {why}). Download {archives} and build it once with the repository\'s builder: '
           f'tfds build data/{name} --file_format=array_record --manual_dir=<folder with the archives>'
           f'{" --data_dir=" + data_dir if data_dir else ""} (then set --config.data.data_dir to that folder).') from e
 
