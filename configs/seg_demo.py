@@ -31,12 +31,12 @@ def get_config(arg=None):
                 superpixel_overrides={'pixels_per_segment': 84, 'iterations': 10}, num_workers=0, read_threads=2)
   c.batch_size = 32
   c.num_epochs = 4
-  c.base_lr = 1e-2
+  c.base_lr = 2e-2
   c.min_lr = 1e-5
   c.log_every_steps = 16
   c.checkpoint_every_steps = 128
   c.keep_checkpoints = 2
   c.eval_at_start = True  # the untrained decoder's mIoU first, in the same log
   c.eval_batch_size = 64
-  c.evals.miou.every_steps = 256
+  c.evals.miou.every_steps = 256  # and the last step (512)
   return finalize(c, arg)
