@@ -15,6 +15,7 @@ import math
 import numpy as np
 import pytest
 
+from cast_jax.evaluate.__main__ import evaluate_checkpoint
 from cast_jax.train import loop
 from cast_jax.train.config_lib import load_config_file
 from conftest import REPO_ROOT
@@ -53,7 +54,10 @@ def test_segmentation_trains_from_scratch_and_reports_miou(tmp_path):
   config = seg_test_config()
   assert config.trainer == 'segmentation' and config.partial_last_batch
   config.eval_at_start = True
-  check(tmp_path / 'seg', loop.train_and_evaluate(config, tmp_path / 'seg'))
+  evaluations = check(tmp_path / 'seg', loop.train_and_evaluate(config, tmp_path / 'seg'))
+  # python -m cast_jax.evaluate on the run folder: the same mIoU as the run's last evaluation.
+  scalars, _ = evaluate_checkpoint(seg_test_config(), str(tmp_path / 'seg'), 'miou')
+  assert scalars == {k: evaluations[-1][k] for k in EVALUATED}
 
 
 @pytest.mark.slow
