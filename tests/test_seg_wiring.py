@@ -73,3 +73,28 @@ def test_segmentation_starts_from_a_deit_workdir(tmp_path, capsys):
   assert 'initialised the encoder from' in out
   kept = out.split('kept fresh:')[1].splitlines()[0]
   assert 'block_fusion' in kept and 'decoder' in kept and 'encoder/blocks' not in kept
+
+
+def test_short_last_batch_is_padded_with_ignored_rows():
+  """Batch 6 of the :test epoch (44 = 5 x 8 + 4) has 4 padding rows: all-255 label maps, so the jitted loss of
+  the padded batch equals the loss of its 4 real rows alone."""
+  import jax
+
+  from cast_jax.models.variants import ModelSpec
+  from cast_jax.train import inputs, tasks
+  from cast_jax.train.segmentation import masked_cross_entropy
+
+  config = seg_test_config()
+  spec = ModelSpec.from_config(config.model.to_dict())
+  iterator = inputs.train_iterator(config.data, tasks.segmentation_train_recipe(config.data, spec), 8, config.seed,
+                                   0, 1, partial_last_batch=True)
+  batches = [next(iterator) for _ in range(6)]
+  assert all(b['mask'].all() for b in batches[:5])
+  last = batches[5]
+  np.testing.assert_array_equal(last['mask'], [True] * 4 + [False] * 4)
+  assert (last['label_map'][4:] == 255).all() and (last['label_map'][:4] != 255).any()
+  assert last['label_map'].shape == (8, 64, 64) and last['superpixels'].shape == (8, 64, 64)
+  logits = np.random.default_rng(0).standard_normal((8, 64, 64, 9)).astype(np.float32)
+  loss = jax.jit(masked_cross_entropy, static_argnums=2)
+  np.testing.assert_allclose(loss(logits, last['label_map'], 9), loss(logits[:4], last['label_map'][:4], 9),
+                             rtol=1e-6)
