@@ -3,7 +3,7 @@
     python -m cast_jax.benchmark                       # everything
     python -m cast_jax.benchmark --only forward --batch 32 --repeats 5
 
-Measurements (more join as the trainers land):
+Measurements (``--only`` picks some):
   forward: the eval forward pass of a CAST model (default cast_small, 224 px, 196 superpixels, batch 32):
     compile time, then images per second over ``repeats`` timed calls after one warm-up call, and GFLOP/s by
     XLA's own flop count.
@@ -12,7 +12,9 @@ Measurements (more join as the trainers land):
   train_step: one MoCo-v3 step of cast_small with projector and predictor (two views, base and momentum
     branches, AdamW), batch 32 at 224 px: compile time, images per second (pairs of views) after one
     warm-up step, and peak memory (device peak where the backend reports it, else the process's peak RSS).
-  superpixels: SEEDS (MoCo preset) and SLIC on 224 px PartWorld images, one process, images per second.
+  superpixels: SEEDS (MoCo preset) and scikit-image SLIC on 224 px PartWorld images, one image at a time in one
+    process (per core), beside jax_slic (preset 'jax_slic': 196 segments, 10 iterations) on a batch of
+    ``--superpixel-batch`` (256) images in one jitted call on the default jax device: images per second each.
   pipeline: each augmentation recipe with its superpixels over the built-in PartWorld source, batches of 32,
     with 1 and 2 grain worker processes of one recipe thread each: images per second over
     ``--pipeline-batches`` batches, timed after worker start-up and after what the workers could buffer.
@@ -226,9 +228,14 @@ def bench_pipeline(args) -> list[dict]:
 
 
 def bench_superpixels(args) -> list[dict]:
+  """SEEDS (MoCo preset) and scikit-image SLIC one image at a time in this process (per core), and jax_slic on
+  a batch of ``--superpixel-batch`` images in one jitted call on the default device, side by side."""
   from cast_jax.data.partworld import PartWholeDataset  # pylint: disable=import-outside-toplevel
+  from cast_jax.superpixels import jax_slic, preset  # pylint: disable=import-outside-toplevel
 
-  images = [PartWholeDataset(64, image_size=args.image_size)[i]['image'] for i in range(64)]
+  size = min(args.image_size, 224)  # PartWorld's largest
+  source = PartWholeDataset(64, image_size=size)
+  images = [source[i]['image'] for i in range(64)]
   results = []
   for method, fn in (('seeds', _moco_superpixels()), ('slic', _slic_superpixels())):
     fn(images[0])
@@ -236,8 +243,20 @@ def bench_superpixels(args) -> list[dict]:
     for image in images:
       fn(image)
     seconds = time.perf_counter() - start
-    results.append({'name': 'superpixels', 'method': method, 'image_size': args.image_size,
-                    'images_per_s': round(len(images) / seconds, 1), 'processes': 1})
+    results.append({'name': 'superpixels', 'method': method, 'image_size': size, 'batch': 1,
+                    'images_per_s': round(len(images) / seconds, 1), 'processes': 1, 'device': 'host (one core)'})
+
+  config = preset('jax_slic')
+  batch = np.stack([images[i % len(images)] for i in range(args.superpixel_batch)])
+  fn = jax.jit(functools.partial(jax_slic.slic_batch, num_segments=config.num_segments,
+                                 iterations=config.iterations, compactness=config.compactness))
+  device_batch = jax.device_put(batch)  # the host-to-device copy is not timed: in a train step the views are there
+  compiled, compile_s = _compile(fn, device_batch)
+  seconds = _mean_seconds(compiled, (device_batch,), args.repeats)
+  results.append({'name': 'superpixels', 'method': 'jax_slic', 'image_size': size, 'batch': args.superpixel_batch,
+                  'iterations': config.iterations, 'compile_s': round(compile_s, 2), 'step_s': round(seconds, 4),
+                  'images_per_s': round(args.superpixel_batch / seconds, 1), 'repeats': args.repeats,
+                  **_environment()})
   return results
 
 
@@ -267,6 +286,8 @@ def main(argv=None) -> int:
   parser.add_argument('--repeats', type=int, default=5)
   parser.add_argument('--dtype', choices=['float32', 'bfloat16'], default='float32')
   parser.add_argument('--pipeline-batches', type=int, default=6, help='batches per pipeline measurement')
+  parser.add_argument('--superpixel-batch', type=int, default=256,
+                      help='images per jitted jax_slic call in the superpixels measurement (smaller for CI)')
   args = parser.parse_args(argv)
   for name in args.only or list(BENCHMARKS):
     for result in BENCHMARKS[name](args):

@@ -34,7 +34,8 @@ from cast_jax.torch_pickle import CheckpointError, load_torch_checkpoint
 SPEC_KEY = '__spec__'
 # Collections of the converted variables; the momentum encoder of a MoCo checkpoint gets its own two.
 COLLECTIONS = ('params', 'batch_stats', 'momentum_params', 'momentum_batch_stats')
-# State-dict keys the original keeps but never uses in the forward pass of that kind (spec_supervised_seg §1.9).
+# State-dict keys the original keeps but never uses in the forward pass of that kind
+# (docs/original_behaviour.md#parameter-counts).
 UNUSED_BY_KIND = {'cast_seg_deit': ('norm.', 'head.')}
 
 

@@ -247,7 +247,8 @@ def start_from(fresh, target: ModelSpec, source: ModelSpec, loaded, rules: Start
 
 
 def deit_into_seg_deit() -> StartRules:
-  """The Segmenter's start (spec_supervised_seg.md §3.2): a DeiT ``cast_deit`` checkpoint into ``cast_seg_deit``.
+  """The Segmenter's start: a DeiT ``cast_deit`` checkpoint into ``cast_seg_deit``
+  (docs/original_behaviour.md#segmenter-model-start).
 
   ``block_fusion`` is new (PyTorch's default init), the unused ``norm``/``head`` of the checkpoint are dropped,
   and the learned table (cls slot + grid) is bicubically resampled when the model's grid differs (the original

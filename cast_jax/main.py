@@ -12,6 +12,8 @@ from __future__ import annotations
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from cast_jax.train.config_lib import parse_flags_explaining_overrides
+
 config_flags.DEFINE_config_file('config', None, 'Path to a config file (configs/*.py[:test]).', lock_config=True)
 flags.DEFINE_string('workdir', None, 'Where checkpoints, metrics and pictures go.')
 flags.DEFINE_enum('distributed', 'auto', ['auto', 'on', 'off'],
@@ -38,5 +40,10 @@ def main(argv):
   train_and_evaluate(FLAGS.config, FLAGS.workdir)
 
 
+def run():
+  """The ``cast-train`` console command (pyproject.toml), the same as ``python -m cast_jax.main``."""
+  app.run(main, flags_parser=parse_flags_explaining_overrides)  # misspelt --config.X: name it, list close ones
+
+
 if __name__ == '__main__':
-  app.run(main)
+  run()

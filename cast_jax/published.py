@@ -4,9 +4,10 @@
     python -m cast_jax.published moco_cast_base_in1k --dir ~/cast_checkpoints   # prints the converted .npz
 
 The original authors host their weights in the Hugging Face repository ``twke/CAST`` under the ``snapshots/``
-paths their scripts and notebooks use (spec_voc_parts_notebooks §5). A download goes to ``DIR/NAME.pth`` (via a
-``.part`` file, checked against the announced length, so an interrupted download is never taken for a finished
-one), and the conversion to ``DIR/NAME.npz``; both are reused when present. No PyTorch is needed.
+paths their scripts and notebooks use (docs/original_behaviour.md#published-checkpoints). A download goes to
+``DIR/NAME.pth`` (via a ``.part`` file, checked against the announced length, so an interrupted download is never
+taken for a finished one), and the conversion to ``DIR/NAME.npz``; both are reused when present. No PyTorch is
+needed.
 ``CAST_PUBLISHED_HUB`` points at a mirror (or a ``file://`` copy), ``CAST_CHECKPOINTS`` at the default DIR.
 """
 

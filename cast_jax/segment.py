@@ -11,6 +11,12 @@ workdirs. Per image it writes ``NAME_superpixels.png`` (mean colours with bounda
 Resize policy (explicit, ``--resize``): 'stretch' resizes the image to the model's square input (its
 ``image_size``) and maps the labels back with nearest-neighbour sampling, so any image size works and the
 labels cover every input pixel.
+
+Each image is segmented as if it were alone: the original's token count is the largest superpixel id over the
+whole batch plus one, so batching users' images together would make one image's hierarchy depend on its
+neighbours. Batches here are mapped image by image (``jax.vmap`` over batches of one), which keeps the
+throughput of a batch and the result of a single image. Files that cannot be read, decoded or segmented are
+listed, counted in the summary line and make the exit status 1; the others are still written.
 """
 
 from __future__ import annotations
@@ -35,7 +41,7 @@ from cast_jax.models.variants import ModelSpec, build_encoder
 from cast_jax.superpixels import compute_superpixels, preset
 from cast_jax.run_folder import encoder_only, load_variables
 
-class Segmenter:
+class HierarchySegmenter:
   """Image array in, hierarchy out, for a CAST checkpoint (used by the command and the notebooks).
 
   superpixels: a preset name of ``cast_jax.superpixels`` ('moco', 'slic', ...); superpixel_overrides change
@@ -54,10 +60,15 @@ class Segmenter:
     model = build_encoder(self.spec)
 
     forward = encoder_forward(model, uses_superpixels=True)
-    self._forward = jax.jit(lambda *args: forward(*args)['hierarchy'])  # features are not needed here
+
+    def alone(variables, image, superpixels):
+      """One image as a batch of one: its token count is its own max id + 1 (module docstring)."""
+      return forward(variables, image[None], superpixels[None])['hierarchy'][0]  # features are not needed here
+
+    self._forward = jax.jit(jax.vmap(alone, in_axes=(None, 0, 0)))
 
   @classmethod
-  def from_checkpoint(cls, path, superpixels: Optional[str] = None, **kwargs) -> 'Segmenter':
+  def from_checkpoint(cls, path, superpixels: Optional[str] = None, **kwargs) -> 'HierarchySegmenter':
     """A converted .npz (superpixels default to 'moco', the published models' SEEDS) or a workdir of ours.
 
     A workdir's superpixels default to the ones its run trained with (its config.json's data settings), so
@@ -79,8 +90,13 @@ class Segmenter:
     return normalize(pixels), superpixels
 
   def __call__(self, images: Sequence[np.ndarray]) -> list[dict[str, np.ndarray]]:
-    """uint8 (H, W, 3) images (any sizes) -> per image {'superpixels' (H, W), 'hierarchy' (L, H, W)}."""
+    """uint8 (H, W, 3) images (any sizes) -> per image {'superpixels' (H, W), 'hierarchy' (L, H, W)}.
+
+    Each image's result is the same whichever images it is passed with (module docstring).
+    """
     inputs = [self.model_input(visualize.check_image(image, 'images')) for image in images]
+    if not inputs:
+      return []
     batch = np.stack([x for x, _ in inputs]), np.stack([s for _, s in inputs])
     hierarchy = np.asarray(self._forward(self.variables, *batch))
     results = []
@@ -132,30 +148,39 @@ def main(argv=None) -> int:
                       help="superpixel preset: 'moco' (SEEDS), 'slic', ...; default: 'moco' for a converted "
                       'checkpoint, the training superpixels for a workdir')
   parser.add_argument('--num-segments', type=int, default=None, help='superpixel count (default: the preset)')
-  parser.add_argument('--batch', type=int, default=8)
+  parser.add_argument('--batch', type=int, default=8,
+                      help='images decoded and run together; each is still segmented as if alone')
   parser.add_argument('--resize', choices=['stretch'], default='stretch', help='see the module docstring')
   args = parser.parse_args(argv)
-  segmenter = Segmenter.from_checkpoint(args.checkpoint, superpixels=args.superpixels,
+  if args.batch < 1:
+    parser.error(f'--batch must be at least 1 (got {args.batch})')
+  segmenter = HierarchySegmenter.from_checkpoint(args.checkpoint, superpixels=args.superpixels,
                                         num_segments=args.num_segments)
   out_dir = pathlib.Path(args.out)
   out_dir.mkdir(parents=True, exist_ok=True)
   paths = find_images(args.inputs)
-  failed = []
+  failed, segmented = [], 0
   for start in range(0, len(paths), args.batch):
     chunk, images = [], []
     for path in paths[start:start + args.batch]:
-      image, reason = decode_image(path.read_bytes(), exif_transpose=True)
+      try:
+        image, reason = decode_image(path.read_bytes(), exif_transpose=True)
+      except OSError as e:  # unreadable file (permissions, a broken link, a vanished network share)
+        image, reason = None, f'{type(e).__name__}: {e}'
       if image is None:
         failed.append(f'{path}: {reason}')
         continue
       chunk.append(path)
       images.append(image)
-    if images:
-      for path, image, result in zip(chunk, images, segmenter(images)):
-        write_outputs(out_dir, path.stem, image, result)
-    print(f'[{min(start + args.batch, len(paths))}/{len(paths)}] images segmented', flush=True)
+    for path, image, result in zip(chunk, images, segmenter(images)):
+      write_outputs(out_dir, path.stem, image, result)
+      segmented += 1
+    done = min(start + args.batch, len(paths))
+    print(f'[{done}/{len(paths)}] files read: {segmented} segmented, {len(failed)} failed', flush=True)
   for line in failed:
     print(f'skipped unreadable image {line}', file=sys.stderr)
+  print(f'{segmented}/{len(paths)} images segmented into {out_dir}'
+        + (f'; {len(failed)} failed (listed above)' if failed else ''), flush=True)
   return 1 if failed else 0
 
 

@@ -19,19 +19,68 @@ def golden_dir() -> pathlib.Path:
   return pathlib.Path(os.environ.get('CAST_GOLDEN_DIR', REPO_ROOT.parent / 'shared' / 'golden'))
 
 
-def golden_folders() -> list[str]:
+# meta.json 'kind's this port builds a model for. Other kinds under the golden root (segmentation/'s 'segmenter',
+# 'segmenter_window', 'spml', 'spml_retrieval') have no port yet; selecting by kind leaves them out instead of
+# failing on their different meta.json.
+MODEL_KINDS = ('moco', 'deit', 'seg', 'seg_deit')
+
+
+def golden_folders(*kinds: str) -> list[str]:
+  """Every folder under the golden root whose meta.json has one of ``kinds`` (default: MODEL_KINDS).
+
+  Folders are found by walking the whole tree and selected by what their meta.json says, never by their names,
+  so a fixture set made by the same generator under other names or nesting is found the same way. Returned as
+  paths relative to the root ('moco_cast', 'segmentation/spml_cast'), sorted.
+  """
   root = golden_dir()
   if not root.is_dir():
     return []
-  return sorted(p.name for p in root.iterdir() if (p / 'meta.json').is_file())
+  wanted = set(kinds or MODEL_KINDS)
+  found = []
+  for meta_file in root.rglob('meta.json'):
+    kind = json.loads(meta_file.read_text()).get('kind')
+    if kind in wanted:
+      found.append(meta_file.parent.relative_to(root).as_posix())
+  return sorted(found)
 
 
-def require_golden() -> pathlib.Path:
-  """The golden folder; in CI its absence is a failure, locally a skip that says where to put it."""
+def golden_folder_params(*kinds: str, needs: tuple[str, ...] = ()) -> list[str]:
+  """``golden_folders(*kinds)`` holding every file in ``needs``, for ``pytest.mark.parametrize``.
+
+  Without fixtures it is one placeholder id, so the test runs and ``require_golden`` skips it (or fails it in CI)
+  with a message that says where the fixtures should be, instead of pytest silently collecting nothing.
+  """
+  folders = [f for f in golden_folders(*kinds) if all((golden_dir() / f / name).is_file() for name in needs)]
+  return folders or [f'<no golden {"/".join(kinds or MODEL_KINDS)} fixtures>']
+
+
+def golden_folder(kind: str, seg_arch: bool | None = None) -> str:
+  """The first folder of ``kind`` (for tests that need one example, e.g. a MoCo checkpoint).
+
+  seg_arch: for 'moco', True picks a cast_seg pretraining checkpoint, False a plain CAST one, None either.
+  """
+  for folder in golden_folders(kind):
+    if seg_arch is None or ('seg' in load_meta(folder).get('arch', '')) == seg_arch:
+      return folder
+  require_golden()  # skips (or fails in CI) when there are no fixtures at all
+  pytest.fail(f'no golden folder with kind {kind!r}{"" if seg_arch is None else f" and seg_arch={seg_arch}"} '
+              f'under {golden_dir()}; found {golden_folders()}')
+
+
+def require_golden(folder: str | None = None) -> pathlib.Path:
+  """The golden root; in CI its absence is a failure, locally a skip that says where to put it.
+
+  folder: a parametrized folder id; a placeholder from ``golden_folder_params`` (no fixture of that kind) is
+  treated the same way, naming the kinds that were looked for.
+  """
   root = golden_dir()
+  message = None
   if not golden_folders():
-    message = (f'golden fixtures not found at {root}: set CAST_GOLDEN_DIR to the folder holding the '
-               'original implementation\'s outputs (moco_cast/, deit_cast/, ...)')
+    message = (f'golden fixtures not found at {root}: set CAST_GOLDEN_DIR to the folder holding the original '
+               f'implementation\'s outputs (folders with a meta.json whose kind is one of {", ".join(MODEL_KINDS)})')
+  elif folder is not None and not (root / folder / 'meta.json').is_file():
+    message = f'{folder.strip("<>")} under {root} (found {golden_folders()})'
+  if message:
     if os.environ.get('CI'):
       pytest.fail(message)
     pytest.skip(message)

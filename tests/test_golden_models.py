@@ -14,15 +14,15 @@ import pytest
 from cast_jax import convert
 from cast_jax.models import build_model, pixel_hierarchy
 from cast_jax.models.segments import downsample_nearest
-from conftest import (assert_close_golden, checkpoint_path, golden_folders, load_meta, require_golden,
+from conftest import (assert_close_golden, checkpoint_path, golden_folder_params, load_meta, require_golden,
                       spec_from_meta)
 
-# The fixture folders present now; a run with other fixtures of the same format discovers those instead.
-FOLDERS = golden_folders() or ['<golden fixtures missing>']
+# Every folder whose meta.json kind this port builds (MODEL_KINDS), whatever it is called or wherever it sits.
+FOLDERS = golden_folder_params()
 
 
-def model_outputs(spec, variables, images, superpixels):
-  """Everything outputs.npz can hold, named as there, from one jitted forward pass."""
+def model_outputs(spec, variables, images, superpixels, stride: int):
+  """Everything outputs.npz can hold, named as there, from one jitted forward pass. stride: the conv stem's."""
   model = build_model(spec)
 
   @jax.jit
@@ -33,8 +33,8 @@ def model_outputs(spec, variables, images, superpixels):
     named.update({f'inter_{k}': v for k, v in inter.items()})
     named['hierarchy'] = pixel_hierarchy(inter, superpixels)
     if spec.kind in ('cast', 'cast_deit', 'cast_seg_pretrain'):
-      # The map the model samples: every 8th pixel, at the conv stem's stride.
-      named['hierarchy_lowres'] = pixel_hierarchy(inter, downsample_nearest(superpixels, 8))
+      # The map the model samples: every stride-th pixel, at the conv stem's stride.
+      named['hierarchy_lowres'] = pixel_hierarchy(inter, downsample_nearest(superpixels, stride))
     if 'tokens' in named:
       named['output'] = named['tokens']  # cast_seg_deit saves its fused tokens under both names
     return named
@@ -44,7 +44,7 @@ def model_outputs(spec, variables, images, superpixels):
 
 @pytest.mark.parametrize('folder', FOLDERS)
 def test_golden_forward_matches_original(folder, tmp_path):
-  root = require_golden()
+  root = require_golden(folder)
   meta = load_meta(folder)
   spec = spec_from_meta(meta)
 
@@ -63,7 +63,7 @@ def test_golden_forward_matches_original(folder, tmp_path):
   images = jnp.asarray(inputs['image'].transpose(0, 2, 3, 1))  # the original takes NCHW
   superpixels = jnp.asarray(inputs['superpixels'])
   outputs = model_outputs(spec, {'params': variables['params'], 'batch_stats': variables['batch_stats']},
-                          images, superpixels)
+                          images, superpixels, stride=meta['patch_size'])
   missing = sorted(set(expected.files) - set(outputs))
   assert not missing, f'the port produces no counterpart for {missing}'
   errors = {name: assert_close_golden(name, outputs[name], expected[name]) for name in expected.files}

@@ -48,7 +48,7 @@ def param_shapes(spec: ModelSpec) -> dict[tuple[str, ...], tuple[int, ...]]:
 
 
 # --------------------------------------------------------------------------------------------------------------
-# Parameter counts of the full-size models (spec_moco.md §5.7, §5.8; spec_supervised_seg.md §1.8, §1.9).
+# Parameter counts of the full-size models (docs/original_behaviour.md#parameter-counts).
 
 # cast_seg_deit pools to 320 clusters, so it needs more than the default 196 superpixel slots (ADE uses 1024).
 SEG_DEIT = ModelSpec(kind='cast_seg_deit', max_segments=1024)

@@ -1,8 +1,8 @@
 """PyTorch-exact resizing, the sin-cos position table, and level-0 superpixel tokens.
 
 The bicubic reference below is written pixel by pixel from the formula of PyTorch's ``upsample_bicubic2d``
-(spec_supervised_seg.md §6); the token tests compare the matrix-based segment means with the naive way of
-upsampling everything to full resolution first.
+(docs/original_behaviour.md#pytorch-exact-resizes); the token tests compare the matrix-based segment means with
+the naive way of upsampling everything to full resolution first.
 """
 
 from __future__ import annotations

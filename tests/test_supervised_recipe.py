@@ -1,5 +1,5 @@
 """The supervised DeiT recipe: RandAugment ops and sampling, random erasing and the SEEDS input it feeds,
-Mixup/CutMix, repeated augmentation, and the assembled pipeline (spec_supervised_seg.md §2)."""
+Mixup/CutMix, repeated augmentation, and the assembled pipeline (docs/original_behaviour.md#deit-recipe)."""
 
 from __future__ import annotations
 

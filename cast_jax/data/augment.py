@@ -1,8 +1,9 @@
 """Image augmentations with torchvision's PIL-backend semantics, driven by a numpy Generator.
 
-The original recipes are torchvision transforms on PIL images (spec_moco.md §1.2). Each op here reproduces
-its parameter sampling (ranges, fallbacks, order) and its pixel operation (the same PIL calls), but draws
-random numbers from an explicit ``np.random.Generator`` so a grain pipeline is deterministic per example.
+The original recipes are torchvision transforms on PIL images
+(docs/original_behaviour.md#moco-views-and-augmentation-order). Each op here reproduces its parameter sampling
+(ranges, fallbacks, order) and its pixel operation (the same PIL calls), but draws random numbers from an explicit
+``np.random.Generator`` so a grain pipeline is deterministic per example.
 The random *streams* differ from torch's, so individual crops differ; their distributions do not.
 """
 

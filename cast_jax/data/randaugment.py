@@ -1,4 +1,6 @@
-"""RandAugment as timm 0.4.x builds it for DeiT: ``rand-m9-mstd0.5-inc1`` (spec_supervised_seg.md §2.1).
+"""RandAugment as timm 0.4.x builds it for DeiT: ``rand-m9-mstd0.5-inc1``.
+
+The original's recipe: docs/original_behaviour.md#deit-augmentation.
 
 What that string and DeiT's ``create_transform`` arguments select (timm 0.4.12 ``auto_augment.py`` and
 ``transforms_factory.transforms_imagenet_train``):

@@ -3,8 +3,10 @@
 Every recipe computes superpixels on its *final* augmented view (as the original does), then normalizes.
 ``superpixel_fn`` maps an (S, S, 3) uint8 view to an (S, S) int32 map (see ``cast_jax.superpixels``).
 
-Implemented: MoCo-v3 two views (spec_moco.md §1.2), linear-probe train and eval (§4). The supervised
-(RandAugment, erasing, mixing) and segmentation recipes are still to come.
+Here: the MoCo-v3 two views (docs/original_behaviour.md#moco-views-and-augmentation-order), the linear probe's
+train view and the centre-crop evaluation shared by the linear probe and DeiT (docs/original_behaviour.md#linear-probe,
+docs/original_behaviour.md#deit-evaluation). The supervised DeiT recipe (RandAugment, erasing, Mixup/CutMix, repeated
+augmentation) lives in ``cast_jax.data.supervised``, the Segmenter's mmseg recipe in ``cast_jax.data.segmentation``.
 """
 
 from __future__ import annotations

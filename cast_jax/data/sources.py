@@ -6,9 +6,14 @@ decoding happens later (``pipeline.ResilientDecode``), so a corrupt file never b
 
 from __future__ import annotations
 
+import logging
 import os
 import pathlib
 from typing import Optional, Sequence
+
+import numpy as np
+
+_LOG = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.gif', '.tif', '.tiff', '.webp', '.ppm', '.pgm', '.jfif')
 
@@ -71,6 +76,12 @@ class FlatFolderSource:
 class TfdsSource:
   """A TFDS split read with ``tfds.data_source`` (random access; needs the ArrayRecord file format).
 
+  Images come back as the stored (encoded) bytes: TFDS's own decoding would run inside ``__getitem__``, before
+  the pipeline's skip logic, and a corrupt record would stop the run there (``cv2.imdecode`` returns None and
+  TFDS calls ``.astype`` on it). Undecoded, a bad image is skipped and counted like a bad file in a folder, and
+  decoding goes through the same PIL path as image folders. A record TFDS cannot even deserialize is passed on
+  as empty bytes, so it is skipped and counted the same way.
+
   Prepare once, e.g.:
     tfds build imagenette --file_format=array_record --data_dir=~/tensorflow_datasets
   (imagenet2012 needs the manually downloaded archives in ``<data_dir>/downloads/manual``).
@@ -81,7 +92,8 @@ class TfdsSource:
     import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
 
     try:
-      self._source = tfds.data_source(name, split=split, data_dir=data_dir, download=False)
+      self._source = tfds.data_source(name, split=split, data_dir=data_dir, download=False,
+                                      decoders={image_key: tfds.decode.SkipDecoding()})
     except Exception as e:  # tfds raises several types for "not prepared" / "wrong format"
       raise ValueError(
           f"TFDS dataset {name!r} split {split!r} is not available as ArrayRecord under data_dir={data_dir!r} "
@@ -93,9 +105,23 @@ class TfdsSource:
     return len(self._source)
 
   def __getitem__(self, index: int) -> dict:
-    record = self._source[index]
+    try:
+      record = self._source[index]
+    except IndexError:
+      raise
+    except Exception as e:  # pylint: disable=broad-except
+      # A record whose bytes do not parse (protobuf, ArrayRecord chunk): empty bytes, which the pipeline skips
+      # and counts. The error types depend on the file format, hence the broad except.
+      _LOG.warning('TFDS record %d cannot be read (%s: %s); skipping it', index, type(e).__name__, e)
+      return {'image': b'', 'label': -1}
+    if self._image_key not in record:
+      raise KeyError(f'TFDS records have no {self._image_key!r} feature (they have {sorted(record)}); '
+                     'pass image_key= the name of the image feature')
     label = int(record[self._label_key]) if self._label_key and self._label_key in record else -1
-    return {'image': record[self._image_key], 'label': label}
+    image = record[self._image_key]
+    if isinstance(image, np.bytes_):
+      image = bytes(image)
+    return {'image': image, 'label': label}
 
 
 class ListSource:

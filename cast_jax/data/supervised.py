@@ -1,17 +1,20 @@
-"""The supervised DeiT recipe of CAST on ImageNet (spec_supervised_seg.md §2): per-sample augmentation,
+"""The supervised DeiT recipe of CAST on ImageNet (docs/original_behaviour.md#deit-recipe): per-sample augmentation,
 batch-level Mixup/CutMix, and repeated augmentation.
 
-Per sample (``SupervisedTrain``, §2.1-2.2), as timm's ``transforms_imagenet_train`` with DeiT's arguments:
+Per sample (``SupervisedTrain``; docs/original_behaviour.md#deit-augmentation and
+docs/original_behaviour.md#deit-superpixels), as timm's ``transforms_imagenet_train`` with DeiT's arguments:
 
     RandomResizedCrop(224, bicubic) -> hflip(0.5) -> RandAugment(rand-m9-mstd0.5-inc1)
     -> ToTensor + Normalize -> RandomErasing(0.25, 'pixel', max_count=1) -> superpixels of the result
 
-Per batch (``mix_batch``, §2.3): timm ``Mixup(mode='batch')``; superpixels are deliberately left unmixed.
+Per batch (``mix_batch``; docs/original_behaviour.md#deit-mixup): timm ``Mixup(mode='batch')``; superpixels are
+deliberately left unmixed.
 
-Per epoch (``repeated_augmentation_indices``, §2.4): DeiT's ``RASampler`` order.
+Per epoch (``repeated_augmentation_indices``; docs/original_behaviour.md#deit-rasampler): DeiT's ``RASampler`` order.
 
-Evaluation (§2.6) needs nothing new: ``recipes.CenterCropEval(superpixel_fn, resample=Image.BICUBIC)`` is
-DeiT's ``Resize(256, bicubic) -> CenterCrop(224)``; see ``supervised_eval``.
+Evaluation (docs/original_behaviour.md#deit-evaluation) needs nothing new:
+``recipes.CenterCropEval(superpixel_fn, resample=Image.BICUBIC)`` is DeiT's ``Resize(256, bicubic) -> CenterCrop(224)``;
+see ``supervised_eval``.
 
 How a training input pipeline is assembled (``make_train_dataset`` does exactly this):
 
@@ -102,7 +105,8 @@ class SupervisedTrain:
   """DeiT's train recipe: example {'image': uint8 (H, W, 3), 'label': int} ->
   'image' float32 (S, S, 3) normalized, 'superpixels' int32 (S, S), 'label' int32.
 
-  Superpixels come from ``seeds_input`` of the final (erased) image, as in the original (spec §2.2).
+  Superpixels come from ``seeds_input`` of the final (erased) image, as in the original
+  (docs/original_behaviour.md#deit-superpixels).
   ``randaugment=None`` or ``erasing_prob=0`` switch those stages off (tests, ablations); ``crop_scale`` is the
   RandomResizedCrop area range.
   """
@@ -187,7 +191,8 @@ def mix_batch(batch: dict[str, np.ndarray], rng: np.random.Generator, num_classe
   * Mixup: lambda ~ Beta(0.8, 0.8); ``lam x + (1 - lam) x_flipped``.
   Adds 'targets' float32 (B, num_classes) = lam smooth(y) + (1 - lam) smooth(y flipped). Every other key,
   'superpixels' included, is passed through untouched: the original keeps the *first* image's superpixels
-  even where CutMix pasted another image, or under a Mixup blend (spec §2.3). Returns a new dict.
+  even where CutMix pasted another image, or under a Mixup blend (docs/original_behaviour.md#deit-mixup). Returns a
+  new dict.
   """
   image, labels = batch['image'], np.asarray(batch['label'])
   if len(image) % 2:
@@ -247,7 +252,7 @@ def repeated_augmentation_indices(num_examples: int, repeats: int = 3, seed: int
   in place ([a, a, a, b, b, b, ...]); padded from its own start to a multiple of ``num_replicas``; replica r
   takes every ``num_replicas``-th entry from r; then only the first ``ra_num_selected`` of them. So the copies
   of an image go to consecutive replicas (different GPUs, different augmentations), and an epoch covers only
-  the first ~N/repeats images of the permutation (spec §2.4).
+  the first ~N/repeats images of the permutation (docs/original_behaviour.md#deit-rasampler).
 
   The permutation is numpy's, seeded by (seed, epoch): torch.randperm's stream is not reproducible without
   torch, and only its distribution matters. The original's seed is just the epoch.

@@ -95,5 +95,10 @@ def main(argv):
   print(json.dumps({'checkpoint': FLAGS.checkpoint, 'evaluator': FLAGS.evaluator, **scalars}))
 
 
-if __name__ == '__main__':
+def run():
+  """The ``cast-evaluate`` console command (pyproject.toml), the same as ``python -m cast_jax.evaluate``."""
   app.run(main)
+
+
+if __name__ == '__main__':
+  run()

@@ -5,7 +5,7 @@
 
 One row per validation image: the image, its ground-truth parts, then for each checkpoint (named NAME=PATH, a
 workdir or a converted .npz) the boundaries of every hierarchy level over the image. Each checkpoint uses the
-superpixels its run trained with (``Segmenter.from_checkpoint``), so runs with the same data settings get the
+superpixels its run trained with (``HierarchySegmenter.from_checkpoint``), so runs with the same data settings get the
 same superpixels. Tiles are enlarged by ``--scale`` (nearest) so that 64 px images stay readable.
 """
 
@@ -19,7 +19,7 @@ import numpy as np
 
 from cast_jax import visualize
 from cast_jax.data import partworld
-from cast_jax.segment import Segmenter
+from cast_jax.segment import HierarchySegmenter
 
 
 def _enlarge(tile: np.ndarray, scale: int) -> np.ndarray:
@@ -30,7 +30,7 @@ def compare(checkpoints: Sequence[tuple[str, str]], num_images: int = 4, seed: i
             first_index: int = 0, num_segments: int | None = None) -> np.ndarray:
   """The comparison picture, uint8 (H, W, 3); checkpoints: (name, path) pairs, all CAST at one image size.
   num_segments: SEEDS superpixels per image (default: a workdir's own setting, 196 for a converted .npz)."""
-  segmenters = [(name, Segmenter.from_checkpoint(path, num_segments=num_segments)) for name, path in checkpoints]
+  segmenters = [(name, HierarchySegmenter.from_checkpoint(path, num_segments=num_segments)) for name, path in checkpoints]
   sizes = {s.spec.image_size for _, s in segmenters}
   if len(sizes) != 1:
     raise ValueError(f'the checkpoints were trained at different image sizes {sorted(sizes)}; compare like with like')

@@ -21,8 +21,8 @@ from cast_jax.data import partworld
 from cast_jax.data.augment import normalize
 from cast_jax.evaluate.segment_scores import SegmentScore
 from cast_jax.models.variants import build_encoder
-from cast_jax.segment import Segmenter, resize_nearest
 from cast_jax.run_folder import encoder_only, load_variables
+from cast_jax.segment import HierarchySegmenter, resize_nearest
 
 NUM_PART_CLASSES = 29  # background + 28 parts
 
@@ -47,7 +47,7 @@ def kmeans(points: np.ndarray, k: int, seed: int = 0, iterations: int = 20) -> n
 
 
 def score(checkpoint: str, vit_checkpoint: str | None, num_images: int, num_segments: int | None, seed: int):
-  segmenter = Segmenter.from_checkpoint(checkpoint, num_segments=num_segments)
+  segmenter = HierarchySegmenter.from_checkpoint(checkpoint, num_segments=num_segments)
   size = segmenter.spec.image_size
   clusters = segmenter.spec.clusters()
   dataset = partworld.PartWholeDataset(num_images, image_size=size, seed=seed, split='validation')

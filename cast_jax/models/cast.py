@@ -104,7 +104,9 @@ class CAST(nn.Module):
     if not jnp.issubdtype(images.dtype, jnp.floating):
       raise ValueError(f'images must be normalized floats; got dtype {images.dtype}. '
                        'Scale uint8 images to [0, 1] and normalize with the ImageNet mean and std.')
-    if images.shape[1] % STEM_STRIDE or images.shape[2] % STEM_STRIDE:
+    # Pixel-resolution tokens resize the (ceil(H/8), ceil(W/8)) features to the map, so any size works there
+    # (SPML feeds 60x80 images); the feature-resolution kinds read the map at the stride and need multiples of 8.
+    if self.token_resolution == 'features' and (images.shape[1] % STEM_STRIDE or images.shape[2] % STEM_STRIDE):
       raise ValueError(f'image height and width must be multiples of {STEM_STRIDE}; got {images.shape[1:3]}.')
     image_hw = images.shape[1:3] if self.token_resolution == 'features' else None
     segments.validate_superpixels(superpixels, self.max_segments, image_hw, batch_size=images.shape[0])

@@ -1,8 +1,8 @@
 """CAST's graph pooling: sample centroid tokens, softly assign every token to them, pool.
 
-Follows ``cast_models/graph_pool.py`` (spec_moco.md §5.5). Parameter names mirror the PyTorch module
-``poolL.pool_block``: ``centroid_fc`` (an attention-only block with a learned ``bias``), ``fc1_0``/``fc1_1``
-(LayerNorm, Linear) and ``fc2_0``/``fc2_1``.
+Follows ``cast_models/graph_pool.py`` (docs/original_behaviour.md#graph-pooling). Parameter names mirror the
+PyTorch module ``poolL.pool_block``: ``centroid_fc`` (an attention-only block with a learned ``bias``),
+``fc1_0``/``fc1_1`` (LayerNorm, Linear) and ``fc2_0``/``fc2_1``.
 """
 
 from __future__ import annotations

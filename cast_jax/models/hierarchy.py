@@ -2,7 +2,8 @@
 
 Level l assigns every level-(l-1) token to one of K_l clusters (argmax of ``logit{l}``); composing the levels
 gives the level-l cluster of every superpixel, and reading that through a superpixel map gives it per pixel.
-This is the notebooks' fine-to-coarse algorithm (spec_voc_parts_notebooks.md §1.2); the levels are nested.
+This is the notebooks' fine-to-coarse algorithm (docs/original_behaviour.md#hierarchy-from-the-notebooks); the
+levels are nested.
 """
 
 from __future__ import annotations
@@ -69,7 +70,7 @@ def nesting_violations(superpixels, hierarchy) -> list[str]:
 def encoder_forward(model, uses_superpixels: bool) -> Callable:
   """(variables, images, superpixels) -> {'features' (B, D), 'hierarchy' (B, L, H, W) for CAST}.
 
-  The one inference path from images to hierarchies: the trainers' evaluation pictures and the Segmenter
+  The one inference path from images to hierarchies: the trainers' evaluation pictures and the HierarchySegmenter
   (command, notebooks) both use it. Works for a bare encoder and for MoCo (whose ``encoder`` submodule is
   used, skipping the heads); ``logits`` is added for classifiers.
   """

@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 
 # timm's ViT uses LayerNorm(eps=1e-6); the GraphPooling MLP norms, BatchNorm and the decoder use PyTorch's
-# default 1e-5 (see spec_moco.md §7.11).
+# default 1e-5 (see docs/original_behaviour.md#layernorm-eps).
 VIT_LN_EPS = 1e-6
 TORCH_LN_EPS = 1e-5
 

@@ -2,8 +2,8 @@
 
 ``torch.nn.functional.interpolate(..., align_corners=False)`` for 'bilinear' and 'bicubic' (A = -0.75, source
 indices clamped at the border) is separable: out = R_h @ x @ R_w^T. ``jax.image.resize('bicubic')`` uses
-A = -0.5 and renormalises at the edges, so it does not match; these matrices do (spec_supervised_seg.md §6).
-The matrices are built in numpy at trace time: shapes are static.
+A = -0.5 and renormalises at the edges, so it does not match; these matrices do
+(docs/original_behaviour.md#pytorch-exact-resizes). The matrices are built in numpy at trace time: shapes are static.
 """
 
 from __future__ import annotations

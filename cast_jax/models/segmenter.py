@@ -83,7 +83,6 @@ class DecoderBlock(nn.Module):
 
   @nn.compact
   def __call__(self, x, key_mask, train: bool):
-    dim = x.shape[-1]
     x = x + DecoderAttention(self.num_heads, self.dropout, self.dtype, name='attn')(
         _torch_layer_norm('norm1', self.dtype)(x), key_mask, train)
     y = _torch_layer_norm('norm2', self.dtype)(x)

@@ -2,7 +2,7 @@
 
 The original computes the token count dynamically as ``S = max(superpixel id in the batch) + 1``. Under
 ``jax.jit`` shapes must be static, so tokens are laid out for a fixed ``max_segments`` and two masks carry
-what the dynamic shape carried (spec_moco.md §5.9):
+what the dynamic shape carried (docs/original_behaviour.md#token-layout-and-static-shapes):
 
 * ``empty`` (B, S): the segment has no pixel at the resolution where features are averaged. The original
   keeps such tokens as zero vectors in the sequence and only hides them from farthest point sampling.

@@ -8,7 +8,16 @@ from cast_jax.superpixels.config import SuperpixelConfig, preset
 from cast_jax.superpixels.seeds import seeds_superpixels
 from cast_jax.superpixels.slic import slic_superpixels
 
-_METHODS = {'seeds': seeds_superpixels, 'slic': slic_superpixels}
+
+
+def _jax_slic(image, config: SuperpixelConfig, max_segments: int | None = None) -> np.ndarray:
+  # Imported on first use: the SEEDS and SLIC paths (and the data workers that run them) need no jax.
+  from cast_jax.superpixels.jax_slic import jax_slic_superpixels  # pylint: disable=import-outside-toplevel
+
+  return jax_slic_superpixels(image, config, max_segments)
+
+
+_METHODS = {'seeds': seeds_superpixels, 'slic': slic_superpixels, 'jax_slic': _jax_slic}
 
 
 def resolve_config(config: SuperpixelConfig | str) -> SuperpixelConfig:
@@ -38,4 +47,8 @@ def compute_superpixels_batch(images, config: SuperpixelConfig | str = 'moco',
                               max_segments: int | None = None) -> np.ndarray:
   """``compute_superpixels`` of each of (B, H, W, 3) uint8 ``images``, stacked to int32 (B, H, W)."""
   config = resolve_config(config)
+  if config.method == 'jax_slic':  # one jitted call for the whole batch
+    from cast_jax.superpixels.jax_slic import jax_slic_superpixels_batch  # pylint: disable=import-outside-toplevel
+
+    return jax_slic_superpixels_batch(images, config, max_segments)
   return np.stack([compute_superpixels(image, config, max_segments) for image in images])

@@ -12,6 +12,10 @@ The presets carry the settings of the original CAST code paths (github.com/twke1
   evaluation alike.
 * ``slic``: scikit-image SLIC, the alternative (``moco-v3/suppix_utils/datasets_slic.py``, unused by any script
   of the original), 196 segments, compactness 10.
+* ``jax_slic``: SLIC k-means in JAX (``jax_slic``), jitted and batched, 196 segments, compactness 10, 10
+  iterations (``iterations`` is the k-means count for this method), connectivity not enforced. Not a setting
+  of the original: the on-device alternative of issue 18. On the host it runs through ``compute_superpixels``
+  like the others; inside a train step call ``jax_slic.slic_from_normalized`` on the normalised views.
 
 SEEDS always runs with ``num_levels=1, prior=2, double_step=False`` in the original; they are fields here only
 so that the mirror of OpenCV's grid arithmetic (``seeds.seeds_grid``) sees every input.
@@ -21,7 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 
-METHODS = ('seeds', 'slic')
+METHODS = ('seeds', 'slic', 'jax_slic')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,21 +36,24 @@ class SuperpixelConfig:
   (the segmentation rule, ``pixels_per_segment=256``). Exactly one of the two must be set.
 
   Attributes:
-    method: 'seeds' (OpenCV-contrib ``cv2.ximgproc``) or 'slic' (scikit-image).
+    method: 'seeds' (OpenCV-contrib ``cv2.ximgproc``), 'slic' (scikit-image) or 'jax_slic' (JAX, any device).
     num_segments: fixed requested number of segments.
     pixels_per_segment: requested number of segments = int(H * W / pixels_per_segment).
     histogram_bins: SEEDS histogram bins per channel.
-    iterations: SEEDS pixel-update iterations.
+    iterations: SEEDS pixel-update iterations; k-means iterations for 'jax_slic'.
     prior: SEEDS boundary-smoothness prior (OpenCV caps it at 5).
     num_levels: SEEDS block levels (OpenCV raises values below 2 to 2).
     double_step: SEEDS double-step block updates.
     lab: convert RGB to OpenCV 8-bit Lab (L*255/100, a+128, b+128) before SEEDS, as every recipe does.
     invert_uint8: apply the segmentation code's ``uint8 * 255`` wrap, x -> (-x) mod 256, before Lab.
-    compactness: SLIC colour/space trade-off on the Lab image (scikit-image's default, and the original's).
+    compactness: SLIC (and jax_slic) colour/space trade-off on the Lab image (scikit-image's default, and the
+      original's).
     sigma: SLIC Gaussian pre-smoothing width in pixels (0: none, as in the original).
     min_fraction: SLIC triples the compactness (at most ``max_retries`` times) while it returns fewer than
       ``min_fraction * requested`` segments, as the original's SLIC dataset does (without a bound).
     max_retries: bound on those retries.
+    enforce_connectivity: jax_slic only: absorb each id's smaller pieces into touching superpixels (scikit-image
+      SLIC here always enforces connectivity, SEEDS's ids are connected by construction).
   """
   method: str = 'seeds'
   num_segments: int | None = 196
@@ -62,6 +69,7 @@ class SuperpixelConfig:
   sigma: float = 0.0
   min_fraction: float = 0.5
   max_retries: int = 6
+  enforce_connectivity: bool = True
 
   def __post_init__(self):
     if self.method not in METHODS:
@@ -95,6 +103,7 @@ PRESETS: dict[str, SuperpixelConfig] = {
     'segmentation': SuperpixelConfig(num_segments=None, pixels_per_segment=256, histogram_bins=5, iterations=15,
                                      invert_uint8=True),
     'slic': SuperpixelConfig(method='slic', num_segments=196, compactness=10.0),
+    'jax_slic': SuperpixelConfig(method='jax_slic', num_segments=196, compactness=10.0, iterations=10),
 }
 
 

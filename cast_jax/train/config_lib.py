@@ -6,6 +6,7 @@ recipe into a few steps on tiny images that run on one CPU in about a minute.
 
 from __future__ import annotations
 
+import difflib
 import importlib.util
 import pathlib
 
@@ -25,7 +26,8 @@ def eval_entry(type_name: str, num_examples: int = -1, **options) -> ml_collecti
 
 
 def moco_defaults() -> ml_collections.ConfigDict:
-  """MoCo-v3 as the original runs it for CAST on ImageNet-1K (spec_moco.md §2, §3)."""
+  """MoCo-v3 as the original runs it for CAST on ImageNet-1K
+  (docs/original_behaviour.md#moco-optimisation-and-schedules)."""
   c = ml_collections.ConfigDict()
   c.trainer = 'moco'
   c.seed = 0
@@ -76,7 +78,7 @@ def moco_defaults() -> ml_collections.ConfigDict:
 
 
 def supervised_defaults() -> ml_collections.ConfigDict:
-  """DeiT supervised training of CAST on ImageNet-1K as the original (spec_supervised_seg.md §2)."""
+  """DeiT supervised training of CAST on ImageNet-1K as the original (docs/original_behaviour.md#deit-recipe)."""
   c = moco_defaults()
   c.trainer = 'supervised'
   c.model.update(kind='cast_deit', moco=False, drop_path_rate=0.1)
@@ -107,8 +109,9 @@ def supervised_defaults() -> ml_collections.ConfigDict:
 
 
 def lincls_defaults() -> ml_collections.ConfigDict:
-  """MoCo-v3 ``main_lincls`` on a pretrained encoder (spec_moco.md §4): frozen backbone in inference mode,
-  linear head on the normalized cls feature, SGD momentum 0.9, no weight decay, 90 epochs per-epoch cosine."""
+  """MoCo-v3 ``main_lincls`` on a pretrained encoder (docs/original_behaviour.md#linear-probe): frozen backbone in
+  inference mode, linear head on the normalized cls feature, SGD momentum 0.9, no weight decay, 90 epochs per-epoch
+  cosine."""
   c = moco_defaults()
   c.trainer = 'linear_probe'
   c.model.update(kind='cast', moco=False)
@@ -265,3 +268,83 @@ def load_config_file(path_and_arg) -> ml_collections.ConfigDict:
   if not hasattr(module, 'get_config'):
     raise ValueError(f'{path} defines no get_config(arg=None)')
   return module.get_config(arg or None)
+
+
+def _override_paths(argv, flag: str) -> tuple[str | None, list[str]]:
+  """(config file argument, dotted field paths overridden) from a command line: ``--config=F`` or ``--config F``
+  and every ``--config.a.b=V`` / ``--config.a.b V`` (``--noconfig.x`` sets a boolean False)."""
+  config_file, paths = None, []
+  for index, arg in enumerate(argv):
+    name, _, value = arg.partition('=')
+    if name in (f'--{flag}', f'-{flag}'):
+      config_file = value if value else (argv[index + 1] if index + 1 < len(argv) else None)
+    for prefix in (f'--{flag}.', f'-{flag}.', f'--no{flag}.'):
+      if name.startswith(prefix):
+        paths.append(name[len(prefix):])
+  return config_file, paths
+
+
+def unknown_field_message(config, path: str) -> str | None:
+  """None if ``path`` ('optim.lr') names a field of ``config``; else which part is unknown and the close names."""
+  node, walked = config, []
+  for part in path.split('.'):
+    fields = list(node.keys()) if isinstance(node, (ml_collections.ConfigDict, dict)) else None
+    if fields is None:
+      return (f'{".".join(walked)} is a {type(node).__name__}, not a group of fields, so '
+              f'{".".join(walked + [part])} does not exist')
+    if part not in fields:
+      where = f'{".".join(walked)}.' if walked else ''
+      close = [where + name for name in difflib.get_close_matches(part, fields, n=5, cutoff=0.6)]
+      # The same (or a nearly same) name at another depth ('--config.lr' for 'optim.lr') is a common slip too.
+      for other in _dotted_fields(config):
+        leaf = other.rsplit('.', 1)[-1]
+        similar = difflib.SequenceMatcher(None, part, leaf).ratio() >= 0.8 or part in leaf.split('_')
+        if other not in close and similar:
+          close.append(other)
+      hint = f'close names: {", ".join(close[:8])}' if close else f'fields there: {", ".join(sorted(fields))}'
+      return f'the config has no field {where}{part} ({hint})'
+    node = node[part]
+    walked.append(part)
+  return None
+
+
+def _dotted_fields(config, prefix: str = '') -> list[str]:
+  out = []
+  for key, value in config.items():
+    out.append(prefix + key)
+    if isinstance(value, (ml_collections.ConfigDict, dict)):
+      out += _dotted_fields(value, f'{prefix}{key}.')
+  return out
+
+
+def explain_bad_overrides(argv, flag: str = 'config') -> str | None:
+  """A message naming every ``--config.X`` override of ``argv`` that is not a field of the config file it names
+  (with the close names), or None when they all exist or the config cannot be read here."""
+  config_file, paths = _override_paths(argv, flag)
+  if not config_file or not paths:
+    return None
+  try:
+    config = load_config_file(config_file)
+  except Exception:  # pylint: disable=broad-except
+    return None  # absl reports a missing or broken config file itself
+  problems = [f'--{flag}.{path}: {message.replace("the config", f"the config {config_file}", 1)}' for path in paths
+              if (message := unknown_field_message(config, path)) is not None]
+  return '\n'.join(problems) or None
+
+
+def parse_flags_explaining_overrides(argv):
+  """A ``flags_parser`` for ``absl.app.run``: absl's own parsing, except that a misspelt ``--config.X`` override
+  (which ml_collections reports as a bare ``AttributeError: "'X'"``) exits with a message that names the
+  field and the close names."""
+  import sys  # pylint: disable=import-outside-toplevel
+
+  from absl import app  # pylint: disable=import-outside-toplevel
+
+  try:
+    return app.parse_flags_with_usage(argv)
+  except (AttributeError, KeyError) as e:
+    message = explain_bad_overrides(argv)
+    if message is None:
+      raise
+    print(f'FATAL Flags parsing error: {message}', file=sys.stderr)
+    raise SystemExit(1) from e

@@ -137,7 +137,7 @@ def momentum_cosine(base_momentum: float, total_steps: int):
 
 def deit_epoch_lr(base_lr: float, warmup_epochs: int, total_epochs: int, steps_per_epoch: int,
                   warmup_lr: float = 1e-6, min_lr: float = 1e-5, original_off_by_one: bool = True):
-  """DeiT's timm ``CosineLRScheduler`` stepped once per epoch (spec_supervised_seg.md §2.5).
+  """DeiT's timm ``CosineLRScheduler`` stepped once per epoch (docs/original_behaviour.md#deit-schedule).
 
   sched(t) = warmup_lr + t (base - warmup_lr) / W for t < W, else min_lr + (base - min_lr)(1 + cos(pi t / E)) / 2.
   The original steps the scheduler *after* each epoch, so epoch e trains with sched(e - 1) and epoch 0 with
@@ -177,7 +177,7 @@ def _on_host(step) -> bool:
 
 def polynomial(base_lr: float, total_steps: int, power: float = 0.9, min_lr: float = 0.0):
   """The Segmenter's ``PolynomialLR``, stepped after every update: update k (0-based) uses
-  ``(base_lr - min_lr) (1 - k / total_steps)^power + min_lr`` (spec_supervised_seg.md §3.1)."""
+  ``(base_lr - min_lr) (1 - k / total_steps)^power + min_lr`` (docs/original_behaviour.md#segmenter-optimisation)."""
   if total_steps <= 0:
     raise ValueError(f'total_steps must be positive; got {total_steps}')
 
