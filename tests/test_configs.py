@@ -86,7 +86,7 @@ def test_evals_build_and_classifiers_score_the_whole_split(name, arg):
                                    classifier=config.trainer != 'moco')
   built = {ev.name: ev for ev in evaluators.build(config, context)}
   classifiers = [ev for ev in built.values() if ev.type_name == 'classifier']
-  assert bool(classifiers) == (config.trainer != 'moco')
+  assert bool(classifiers) == (config.trainer not in ('moco', 'segmentation'))
   assert all(ev.num_examples == -1 and ev.every_steps == config.eval_every_steps for ev in classifiers)
   assert [ev.options['ema'] for ev in classifiers] == ([False, True] if config.trainer == 'supervised' else
                                                       [False] * len(classifiers))
@@ -98,4 +98,7 @@ def test_evals_build_and_classifiers_score_the_whole_split(name, arg):
     if config.data.name == 'partworld':
       assert knn.num_examples == -1 and knn.options['num_classes'] == 8
       assert knn.options['num_train'] == (2048 if arg is None else 32)
-  assert ('hierarchy' in built) == (config.trainer != 'linear_probe')
+  assert ('hierarchy' in built) == (config.trainer not in ('linear_probe', 'segmentation'))
+  # The Segmenter is scored by dense mIoU on the whole split, and only it.
+  assert [ev.num_examples for ev in built.values() if ev.type_name == 'miou'] == (
+      [-1] if config.trainer == 'segmentation' else [])

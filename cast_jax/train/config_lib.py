@@ -131,6 +131,54 @@ def lincls_defaults() -> ml_collections.ConfigDict:
   return c
 
 
+def segmenter_defaults(dataset: str = 'ade20k') -> ml_collections.ConfigDict:
+  """The Segmenter fine-tuning CAST-S (``segmenter/train_cast.py``; spec_supervised_seg.md §3) on ``dataset``
+  ('ade20k' or 'pascal_context': crop, scales, zero-label reduction and the evaluation window of
+  ``cast_jax.data.segmentation.DATASETS``).
+
+  SGD momentum 0.9 Nesterov, weight decay 0, lr (1e-3 - 1e-5)(1 - k / iter_max)^0.9 + 1e-5 per update, batch 8
+  (ADE20K) / 16 (Pascal Context),
+  the short last batch of each epoch kept (``partial_last_batch``: iter_max = ceil(N / B) x epochs; its padding
+  rows are ignored by the loss but, as a static shape needs, still pass through the model's BatchNorm).
+  Starts from the published DeiT ``best_checkpoint.pth`` (``cast_deit``, converted) or a Segmenter checkpoint.
+  """
+  from cast_jax.data.segmentation import DATASETS  # pylint: disable=import-outside-toplevel
+
+  recipe = DATASETS[dataset]
+  c = moco_defaults()
+  c.trainer = 'segmentation'
+  c.model.update(kind='cast_seg_deit', moco=False, image_size=recipe['crop_size'], drop_path_rate=0.0)
+  c.model.seg_classes = {'ade20k': 150, 'pascal_context': 60}[dataset]
+  c.model.decoder_dim = ml_collections.FieldReference(None, field_type=int)  # None: the encoder's width
+  c.model.decoder_depth = 2
+  c.model.decoder_heads = ml_collections.FieldReference(None, field_type=int)  # None: width // 64
+  c.model.decoder_mlp_dim = ml_collections.FieldReference(None, field_type=int)  # None: 4 x width
+  c.model.decoder_dropout = 0.1
+  c.data = ml_collections.ConfigDict(dict(
+      name=dataset, data_dir='', train_split='train', eval_split='validation',
+      crop_size=recipe['crop_size'], img_scale=(recipe['max_ratio'] * recipe['im_size'], recipe['im_size']),
+      ratio_range=(0.5, 2.0), cat_max_ratio=0.75, reduce_zero_label=recipe['reduce_zero_label'],
+      window_stride=recipe['window_stride'], window_batch=2, invert_quirk=True, superpixels='segmentation',
+      superpixel_overrides={}, num_workers=8, read_threads=ml_collections.FieldReference(None, field_type=int),
+      # Only for the built-in 'partworld_segmentation' dataset:
+      num_train_examples=0, num_eval_examples=0, source_image_size=224, seed=0, seg_labels='objects'))
+  c.model.max_segments = (recipe['crop_size'] // 16) ** 2  # SEEDS' int(H W / 256): 1024 (ADE), 900 (PC)
+  c.batch_size = 8 if dataset == 'ade20k' else 16  # segm/config.yml, one process
+  c.num_epochs = 64 if dataset == 'ade20k' else 256
+  c.warmup_epochs = 0
+  c.base_lr = 1e-3  # not scaled by the batch
+  c.min_lr = 1e-5
+  c.lr_power = 0.9
+  c.momentum = 0.9
+  c.weight_decay = 0.0
+  c.partial_last_batch = True
+  c.eval_batch_size = 1  # one image at a time, as the original's evaluation
+  c.eval_every_steps = 0  # the original evaluates at the end (and every few epochs); see evals.miou
+  c.evals = ml_collections.ConfigDict(dict(miou=eval_entry('miou')))
+  c.evals.miou.every_steps = 10000
+  return c
+
+
 def use_demo_model_and_data(c: ml_collections.ConfigDict, superpixels: str = 'moco') -> ml_collections.ConfigDict:
   """The demo's small CAST (96 wide, 2-2-2-1 blocks, 64 px) on PartWorld, shared by demo, deit_demo and
   lincls_demo so that a probe or a comparison always sees the model and data the demo trained."""
@@ -173,7 +221,24 @@ def shrink_for_test(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     c.evals.hierarchy.num_images = 2
   c.fast_compile = True
   c.eval_at_start = False  # tests that want the step-0 evaluation ask for it
+  if c.trainer == 'segmentation':
+    _shrink_segmentation(c)
   return c
+
+
+def _shrink_segmentation(c: ml_collections.ConfigDict) -> None:
+  """The Segmenter's ``:test``: object maps of 44 PartWorld images (6 steps of 8, the last with 4 padding rows,
+  as ``partial_last_batch`` keeps it) and mIoU of 6 validation images (one batch of 4 and a masked half)."""
+  c.model.update(kind='cast_seg_deit', moco=False, seg_classes=9, decoder_dim=None, decoder_heads=None,
+                 decoder_mlp_dim=None)
+  c.data.update(name='partworld_segmentation', seg_labels='objects', num_train_examples=44, num_eval_examples=6,
+                crop_size=64, img_scale=(128, 64), window_stride=48, window_batch=2, superpixels='segmentation',
+                reduce_zero_label=False)
+  # Replaced, not merged: the moco shrink's num_segments and pixels_per_segment exclude each other.
+  c.data.superpixel_overrides = ml_collections.ConfigDict({'pixels_per_segment': 100, 'iterations': 4})
+  c.partial_last_batch = True
+  c.eval_batch_size = 4
+  c.evals.miou.update(num_examples=-1)
 
 
 def finalize(c: ml_collections.ConfigDict, arg) -> ml_collections.ConfigDict:

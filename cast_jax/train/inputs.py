@@ -1,8 +1,9 @@
 """From a config's ``data`` block to sources, recipes and batch iterators for the trainers.
 
-``data.name`` picks the source: 'partworld' (built in, generated), 'folder' (ImageNet layout at
-``data.path``), 'flat_folder' (unlabeled images, e.g. COCO), or any other name as a TFDS dataset read
-from ``data.data_dir``. Evaluation batches are padded to a fixed size with a ``mask`` so shapes stay static.
+``data.name`` picks the source: 'partworld' (built in, generated), 'partworld_segmentation' (the same images with
+class-index label maps, ``data.seg_labels``), 'folder' (ImageNet layout at ``data.path``), 'flat_folder'
+(unlabeled images, e.g. COCO), 'ade20k' / 'pascal_context' (segmentation, ``cast_jax.data.segmentation_sources``),
+or any other name as a TFDS dataset read from ``data.data_dir``. Evaluation batches are padded to a fixed size with a ``mask`` so shapes stay static.
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ import ml_collections
 import numpy as np
 from PIL import Image
 
-from cast_jax.data import partworld, recipes, sources
+from cast_jax.data import partworld, recipes, segmentation_sources, sources
+from cast_jax.data.partworld_segmentation import PartWorldSegmentation
 from cast_jax.data.pipeline import PipelineConfig, make_dataset
 from cast_jax.superpixels import compute_superpixels, preset
 
@@ -37,6 +39,12 @@ def _source(settings: str, split: str):
     count = data.num_train_examples if split == 'train' else data.num_eval_examples
     return partworld.PartWholeDataset(count, image_size=data.source_image_size, seed=data.seed, split=split,
                                       second_rendering=bool(data.get('second_rendering', False)))
+  if data.name == 'partworld_segmentation':
+    count = data.num_train_examples if split == 'train' else data.num_eval_examples
+    return PartWorldSegmentation(count, image_size=data.source_image_size, seed=data.seed, split=split,
+                                 labels=data.get('seg_labels', 'objects'))
+  if data.name in segmentation_sources.DATASETS:
+    return segmentation_sources.make(data.name, split, data.get('data_dir') or None)
   if data.name == 'folder':
     return sources.ImageFolderSource(f'{data.path}/{split}')
   if data.name == 'flat_folder':

@@ -6,15 +6,17 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, Callable, Iterator
 
 import jax
 import numpy as np
 
 from cast_jax import loading
-from cast_jax.data import recipes, supervised as supervised_data
+from cast_jax.data import recipes, segmentation as segmentation_data, supervised as supervised_data
 from cast_jax.models.variants import ModelSpec
-from cast_jax.train import inputs, optim, schedules
+from cast_jax.superpixels import compute_superpixels, preset
+from cast_jax.train import inputs, optim, schedules, segmentation
 from cast_jax.train.moco import BATCH_KEYS as MOCO_BATCH_KEYS, MoCoObjective
 from cast_jax.train.supervised import SupervisedObjective
 
@@ -100,6 +102,67 @@ def linear_probe_task(config, spec: ModelSpec, model, params, schedule: schedule
               trainable_labels=labels)
 
 
+@dataclasses.dataclass(frozen=True)
+class IgnorePaddingRows:
+  """Wraps a segmentation recipe: a padding row of an epoch's short last batch (``mask`` False, added by
+  ``pipeline.PadEpochToBatches``) gets an all-255 label map, so the loss ignores every one of its pixels and the
+  mean is over the real rows' valid pixels, as the original's short batch. The row still passes through the
+  model: train-mode BatchNorm statistics of that one step include it (a static batch shape needs it there)."""
+
+  recipe: Any
+
+  def __call__(self, example, rng):
+    out = self.recipe(example, rng)
+    if 'mask' in example and not bool(example['mask']):
+      out['label_map'] = np.full_like(out['label_map'], segmentation.IGNORE_LABEL)
+    return out
+
+
+def segmentation_superpixel_fn(data, max_segments: int | None = None, *, wrapped: bool):
+  """SEEDS as the Segmenter runs it (``generate_superpixels``: one segment per 16x16 pixels unless
+  ``data.superpixel_overrides`` says otherwise). ``wrapped``: whether this function applies the x255 uint8 wrap
+  itself (the sliding window's) or receives an image the recipe already wrapped (``SegmentationTrain``)."""
+  overrides = dict(data.get('superpixel_overrides', {}) or {})
+  invert = bool(data.get('invert_quirk', True)) and wrapped
+  return functools.partial(compute_superpixels, config=preset(data.superpixels, **dict(overrides, invert_uint8=invert)),
+                           max_segments=max_segments)
+
+
+def segmentation_train_recipe(data, spec: ModelSpec) -> IgnorePaddingRows:
+  """mmseg's train recipe (``data.segmentation.SegmentationTrain``) with the data block's crop and scales."""
+  recipe = segmentation_data.SegmentationTrain(
+      segmentation_superpixel_fn(data, spec.max_segments, wrapped=False), crop_size=data.crop_size,
+      img_scale=tuple(data.img_scale), ratio_range=tuple(data.ratio_range), cat_max_ratio=data.cat_max_ratio,
+      reduce_zero_label=bool(data.reduce_zero_label), invert_quirk=bool(data.get('invert_quirk', True)))
+  return IgnorePaddingRows(recipe)
+
+
+def segmentation_task(config, spec: ModelSpec, model, params, schedule: schedules.Schedule) -> Task:
+  """The Segmenter (``segmenter/train_cast.py``): masked cross-entropy (255 ignored) on the full-resolution
+  masks, SGD momentum 0.9 Nesterov without weight decay, the polynomial lr stepped every update over
+  ``iter_max = schedule.total_steps`` (ceil(N / B) x epochs with ``partial_last_batch``), the mmseg recipe.
+
+  Train-mode BatchNorm normalises with the statistics of the whole global batch (the original is one process);
+  with ``partial_last_batch`` the last step of each epoch also counts its padding rows there (their labels are
+  all ignored, so they add nothing to the loss).
+  """
+  if not spec.seg_classes:
+    raise ValueError('the segmentation trainer needs config.model.seg_classes > 0 (the Segmenter decoder) and '
+                     "config.model.kind='cast_seg_deit'")
+  lr_fn = segmentation.segmenter_schedule(config.base_lr, schedule.total_steps, config.min_lr, config.lr_power)
+  objective = segmentation.SegmentationObjective(
+      model=model, optimizer=segmentation.segmenter_optimizer(lr_fn, params, momentum=config.momentum),
+      num_classes=spec.seg_classes, learning_rate_fn=lr_fn, label_key='label_map')
+  data = config.data
+
+  def make_iterator(local_batch, index, count):
+    return inputs.train_iterator(data, segmentation_train_recipe(data, spec), local_batch, config.seed, index, count,
+                                 partial_last_batch=schedule.partial_last_batch)
+
+  labels = jax.tree_util.tree_map(lambda _: 'trainable', params)
+  return Task(objective, ('image', 'superpixels', 'label_map'), make_iterator, trainable_labels=labels)
+
+
 def probe_head_init(variables, seed: int = 0):
   """MoCo-v3's probe head (``main_lincls``): weight N(0, 0.01), bias 0."""
   head = variables['params']['head']
@@ -114,10 +177,15 @@ def start_rules(config, spec: ModelSpec) -> tuple[tuple[loading.StartRules, ...]
 
   moco: a MoCo checkpoint of the same kind, every leaf (encoder, projector, predictor). supervised: a non-MoCo
   checkpoint of the same kind, every leaf. linear_probe: the same kind, MoCo (its query encoder) or not; the
-  ``head`` stays fresh with MoCo-v3's N(0, 0.01). Every trainer also accepts the original's cross-kind starts
+  ``head`` stays fresh with MoCo-v3's N(0, 0.01). segmentation: a Segmenter of the same kind and classes, every
+  leaf, or an encoder checkpoint (the DeiT ``cast_deit``) into the encoder with a fresh decoder
+  (``segmentation.start_segmenter``). Every trainer also accepts the original's cross-kind starts
   into its model kind (``loading.CROSS_KIND``: cast_deit -> cast_seg_deit, cast_seg_pretrain -> cast_seg).
   """
   cross = tuple(make() for (_, target), make in loading.CROSS_KIND.items() if target == spec.kind)
+  if config.trainer == 'segmentation':
+    return (loading.StartRules(kinds=(spec.kind,), moco=False, why='a Segmenter checkpoint continues'),) + cross, \
+        False
   if config.trainer == 'moco':
     return (loading.StartRules(kinds=(spec.kind,), moco=True, why='MoCo continues from a MoCo model'),) + cross, False
   if config.trainer == 'linear_probe':
@@ -138,6 +206,14 @@ def starting_variables(config, spec: ModelSpec, fresh) -> dict[str, Any]:
                        f'workdir) of a {" or ".join(k for r in rules for k in r.kinds)} model')
     return fresh
   source, loaded = loading.load_variables(config.init_checkpoint)
+  if config.trainer == 'segmentation' and not source.seg_classes:
+    # An encoder checkpoint (the DeiT ``cast_deit``) under a fresh decoder: the encoder subtree only.
+    loading.choose_rules(rules, source, str(config.init_checkpoint))
+    variables, kept = segmentation.start_segmenter(fresh, spec, source, loaded, seed=config.seed,
+                                                   path=str(config.init_checkpoint))
+    if jax.process_index() == 0:
+      print(f'initialised the encoder from {config.init_checkpoint}; kept fresh: {kept}', flush=True)
+    return variables
   chosen = loading.choose_rules(rules, source, str(config.init_checkpoint))
   variables, kept = loading.start_from(fresh, spec, source, loaded, chosen, seed=config.seed,
                                        path=str(config.init_checkpoint))
@@ -148,7 +224,8 @@ def starting_variables(config, spec: ModelSpec, fresh) -> dict[str, Any]:
 
 # Trainers whose original drops each epoch's short last batch (their objectives take no ``mask``).
 DROP_LAST = ('moco', 'supervised', 'linear_probe')
-TASKS = {'moco': moco_task, 'supervised': supervised_task, 'linear_probe': linear_probe_task}
+TASKS = {'moco': moco_task, 'supervised': supervised_task, 'linear_probe': linear_probe_task,
+         'segmentation': segmentation_task}
 
 
 def build_task(config, spec, model, params, schedule: schedules.Schedule) -> Task:

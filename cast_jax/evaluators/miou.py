@@ -1,0 +1,188 @@
+"""``type='miou'``: dataset-level mIoU of a Segmenter, as mmseg 0.14 computes it for ``segm/eval/miou_cast``.
+
+Per image of the split (label map at the original resolution, 255 ignored, ADE20K's zero label reduced by the
+recipe): the eval recipe (keep-ratio resize to ``data.img_scale``, Segmenter normalisation), then
+
+* an image whose size is exactly the window (and which the resize left alone, e.g. PartWorld at the crop size)
+  is segmented whole, with other such images, in batches of the evaluator's ``batch_size`` (static shape,
+  padding rows masked out of the counts) — the same result as a one-window sliding window;
+* any other image goes through ``sliding_window.sliding_window_inference`` (windows, per-window SEEDS, averaged
+  logits, bilinear resize) and, when the recipe resized it, its merged logits are resized bilinearly to the
+  label map's size before the argmax (the original resizes once from the window grid to the original size;
+  here it is twice, a difference only at resized images' pixel borders).
+
+A (C, C) confusion matrix (rows: label, columns: prediction) over valid pixels is summed over the whole split
+and over processes (each process segments every P-th image); from it:
+
+    IoU_c = I_c / (P_c + L_c - I_c)   (NaN where the union is 0),   mIoU = nanmean_c IoU_c x 100
+    aAcc = sum_c I_c / valid pixels x 100,   mAcc = nanmean_c I_c / L_c x 100
+
+with I_c the diagonal, P_c / L_c the column / row sums: mmseg's sums of per-image intersections and unions.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.experimental import multihost_utils
+
+from cast_jax.data.decode import decode_image
+from cast_jax.data.segmentation import IGNORE_LABEL, SegmentationEval
+from cast_jax.evaluators.base import Evaluator, register, variables_of
+from cast_jax.sliding_window import SlidingWindow, bilinear_resize, denormalize_to_uint8, sliding_window_inference
+from cast_jax.superpixels import compute_superpixels, preset
+from cast_jax.train import inputs
+from cast_jax.train.segmentation import check_labels
+
+
+def confusion_matrix(labels, predictions, num_classes: int, valid=None):
+  """(C, C) int32 counts of (label, prediction) over pixels whose label is in [0, C) (255 and others skipped)
+  and ``valid``. labels, predictions: int arrays of one shape (e.g. (B, H, W)); valid: bool, broadcastable
+  (e.g. (B, 1, 1) row mask). jnp; static shapes, usable under jit."""
+  labels = jnp.asarray(labels).astype(jnp.int32)
+  predictions = jnp.asarray(predictions).astype(jnp.int32)
+  keep = (labels >= 0) & (labels < num_classes) & (predictions >= 0) & (predictions < num_classes)
+  if valid is not None:
+    keep = keep & jnp.broadcast_to(jnp.asarray(valid, bool), labels.shape)
+  index = jnp.where(keep, labels * num_classes + predictions, 0)
+  counts = jnp.zeros((num_classes * num_classes,), jnp.int32).at[index.reshape(-1)].add(
+      keep.reshape(-1).astype(jnp.int32))
+  return counts.reshape(num_classes, num_classes)
+
+
+def confusion_matrix_numpy(labels: np.ndarray, predictions: np.ndarray, num_classes: int) -> np.ndarray:
+  """``confusion_matrix`` in numpy int64, for images of any size (no compilation per shape)."""
+  labels = np.asarray(labels).astype(np.int64).reshape(-1)
+  predictions = np.asarray(predictions).astype(np.int64).reshape(-1)
+  keep = (labels >= 0) & (labels < num_classes)
+  return np.bincount(labels[keep] * num_classes + predictions[keep],
+                     minlength=num_classes * num_classes).reshape(num_classes, num_classes)
+
+
+def scores(confusion: np.ndarray) -> dict[str, float]:
+  """mIoU, mAcc, aAcc (percent) of a (C, C) confusion matrix, as mmseg 0.14's ``eval_metrics``."""
+  confusion = np.asarray(confusion, np.float64)
+  intersect = np.diag(confusion)
+  area_label, area_pred = confusion.sum(1), confusion.sum(0)
+  union = area_label + area_pred - intersect
+  with np.errstate(divide='ignore', invalid='ignore'):
+    iou = intersect / union
+    acc = intersect / area_label
+    aacc = intersect.sum() / confusion.sum()
+  nanmean = lambda x: float(np.nanmean(x)) * 100 if np.any(~np.isnan(x)) else float('nan')  # noqa: E731
+  return {'miou': nanmean(iou), 'macc': nanmean(acc), 'aacc': float(aacc) * 100}
+
+
+def _host_variables(variables):
+  """The variables as host numpy, gathered from every process when sharded across them."""
+  leaves = jax.tree_util.tree_leaves(variables)
+  if all(getattr(leaf, 'is_fully_addressable', True) for leaf in leaves):
+    return jax.device_get(variables)
+  return multihost_utils.process_allgather(variables, tiled=True)
+
+
+@register('miou')
+class MeanIoUEvaluator(Evaluator):
+  """Scalars: ``miou``, ``macc``, ``aacc`` (percent) and ``num_examples`` (images scored).
+
+  Options (0 / None: from the config): num_classes (``model.seg_classes``), window (``data.crop_size``),
+  stride (``data.window_stride``), window_batch (``data.window_batch``: windows per model call), ignore_label.
+  """
+
+  OPTIONS = {'num_classes': 0, 'window': 0, 'stride': 0, 'window_batch': 0, 'ignore_label': IGNORE_LABEL}
+
+  def __init__(self, name, entry, context):
+    super().__init__(name, entry, context)
+    config, data = context.config, context.config.data
+    self.num_classes = int(self.options['num_classes'] or config.model.get('seg_classes') or 0)
+    if self.num_classes <= 0:
+      raise ValueError(f'config.evals.{name} (type miou) needs a Segmenter: set config.model.seg_classes or '
+                       f'config.evals.{name}.num_classes')
+    for key in ('img_scale', 'crop_size'):
+      if key not in data:
+        raise ValueError(f'config.evals.{name} (type miou) reads config.data.{key}; the data block has none '
+                         '(use config_lib.segmenter_defaults)')
+    window = int(self.options['window'] or data.crop_size)
+    overrides = dict(data.get('superpixel_overrides', {}) or {})
+    overrides['invert_uint8'] = bool(data.get('invert_quirk', True))
+    self.settings = SlidingWindow(window=window, stride=int(self.options['stride'] or data.get('window_stride')
+                                                            or window),
+                                  window_batch=int(self.options['window_batch'] or data.get('window_batch') or 1),
+                                  superpixels=preset(data.get('superpixels', 'segmentation'), **overrides))
+    self.recipe = SegmentationEval(img_scale=tuple(data.img_scale), ignore_label=int(self.options['ignore_label']),
+                                   reduce_zero_label=bool(data.get('reduce_zero_label', False)))
+    self.max_segments = config.model.get('max_segments')
+    model, n = context.model, self.num_classes
+
+    @jax.jit
+    def whole_images(variables, images, superpixels, labels, valid):
+      """(B, w, w, 3), (B, w, w), (B, w, w) labels, (B,) valid rows -> (C, C) confusion of the batch."""
+      masks = model.apply(variables, images, superpixels, train=False)['masks']
+      return confusion_matrix(labels, jnp.argmax(masks, -1), n, valid[:, None, None])
+
+    self._whole_images = whole_images
+    self._windows = jax.jit(lambda v, x, s: model.apply(v, x, s, train=False)['masks'])
+
+  def _superpixels(self, image: np.ndarray) -> np.ndarray:
+    return compute_superpixels(denormalize_to_uint8(image, self.settings.mean, self.settings.std),
+                               self.settings.superpixels, self.max_segments).astype(np.int32)
+
+  def _example(self, source, index: int) -> dict[str, np.ndarray]:
+    record = source[index]
+    image, reason = decode_image(record['image'])
+    if image is None:
+      raise ValueError(f'{self.split} example {index}: the image cannot be decoded ({reason})')
+    label = np.asarray(record['label_map'])
+    if label.shape[:2] != image.shape[:2]:
+      raise ValueError(f'{self.split} example {index}: image {image.shape[:2]} and label map {label.shape[:2]} '
+                       'differ in size; every label map must cover its image pixel for pixel')
+    out = self.recipe({'image': image, 'label_map': label})
+    check_labels(out['label_map'], self.num_classes, f'{self.split} example {index} label map')
+    return out
+
+  def run(self, target, step):
+    del step
+    variables = _host_variables(variables_of(target))
+    source = inputs.make_source(self.context.config.data, self.split)
+    count = len(source) if self.num_examples <= 0 else min(self.num_examples, len(source))
+    indices = [i * len(source) // count for i in range(count)][jax.process_index()::jax.process_count()]
+    window, batch = self.settings.window, self.batch_size // jax.process_count()
+    confusion = np.zeros((self.num_classes, self.num_classes), np.int64)
+    pending: list[dict[str, np.ndarray]] = []
+
+    def flush():
+      rows = len(pending)
+      if not rows:
+        return np.zeros_like(confusion)
+      take = list(range(rows)) + [0] * (batch - rows)  # static (batch, w, w): padding rows repeat row 0
+      images = np.stack([pending[i]['image'] for i in take])
+      superpixels = np.stack([pending[i]['superpixels'] for i in take])
+      labels = np.stack([pending[i]['label_map'] for i in take])
+      out = self._whole_images(variables, images, superpixels, labels, np.arange(batch) < rows)
+      pending.clear()
+      return np.asarray(out, np.int64)
+
+    for index in indices:
+      example = self._example(source, index)
+      image, label = example['image'], example['label_map']
+      if image.shape[:2] == (window, window) and label.shape == (window, window):
+        pending.append(dict(example, superpixels=self._superpixels(image)))
+        if len(pending) == batch:
+          confusion += flush()
+        continue
+      result = sliding_window_inference(lambda x, s: self._windows(variables, x, s), image, self.settings,
+                                        max_segments=self.max_segments)
+      logits = result['merged_logits']
+      if logits.shape[:2] != label.shape:
+        logits = bilinear_resize(logits, label.shape)
+      confusion += confusion_matrix_numpy(label, logits.argmax(-1), self.num_classes)
+    confusion += flush()
+    if jax.process_count() > 1:
+      confusion = np.asarray(multihost_utils.process_allgather(confusion)).sum(0)
+    scalars = scores(confusion)
+    scalars['num_examples'] = int(count)
+    return scalars, {}
