@@ -1,6 +1,12 @@
 """What differs between the trainers: objective, optimizer, schedule and input pipeline, behind one ``Task``.
 
 ``loop.train_and_evaluate`` runs any task with the same mesh, checkpointing, metrics and evaluation.
+
+Three words, one meaning each, used the same way in code, configs and docs:
+  trainer    the name a config picks (``config.trainer``: 'moco', 'supervised', 'linear_probe', 'segmentation');
+  task       what ``TASKS[trainer]`` builds for one run: the objective, the optimizer and schedule, the input
+             pipeline and the checkpoints it may start from (a ``Task``);
+  objective  the loss and its jitted step (``init_state`` / ``train_step``), e.g. ``MoCoObjective``.
 """
 
 from __future__ import annotations
