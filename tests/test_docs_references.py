@@ -22,7 +22,6 @@ TEXT_SUFFIXES = {'.py', '.md', '.txt', '.yaml', '.yml', '.json', '.cfg', '.toml'
 EXCLUDED = (
     'cast_jax/train/tasks.py',
     'cast_jax/train/inputs.py',
-    'cast_jax/data/segmentation.py',
     'cast_jax/evaluators/',
     'cast_jax/superpixels/',
 )

@@ -1,12 +1,13 @@
 """Segmenter's mmseg 0.14 recipes (ADE20K, Pascal Context) as per-example numpy callables.
 
-Train (spec_supervised_seg.md §3.3), in mmseg's order:
+Train (docs/original_behaviour.md#segmenter-data-pipeline), in mmseg's order:
 
     reduce_zero_label -> Resize(ratio_range, keep_ratio) -> RandomCrop(cat_max_ratio) -> RandomFlip
     -> PhotoMetricDistortion -> Normalize -> Pad(crop, 0 / ignore) -> superpixels of the padded crop
 
-Eval (§3.4, per image): Resize(keep_ratio) to ``img_scale`` -> Normalize, then (as ``inference_with_superpixels``
-does before its sliding window) a PyTorch-bilinear upsample when the short side is below the window.
+Eval (docs/original_behaviour.md#segmenter-inference; per image): Resize(keep_ratio) to ``img_scale`` -> Normalize,
+then (as ``inference_with_superpixels`` does before its sliding window) a PyTorch-bilinear upsample when the short
+side is below the window.
 
 Pixel operations are the ones mmseg/mmcv call (cv2 resize, flip, HSV conversions, cv2 normalisation), so given
 the same random numbers the outputs match mmseg bit for bit; the random numbers come from an explicit
@@ -17,8 +18,8 @@ and cv2's RGB<->HSV on RGB equals its BGR<->HSV on BGR, so nothing changes; mmse
 
 Superpixels: the original denormalises the final padded float crop, truncates to uint8 (the float round trip
 turns a few values x into x - 1, and the zero padding into the mean colour (123, 116, 103)), and then multiplies
-that uint8 array by 255, which wraps to ``(-x) mod 256`` (§3.3, §5 #5). ``superpixel_view`` reproduces both;
-``invert_quirk=False`` skips the wrap. ``superpixel_fn`` (uint8 (H, W, 3) -> int32 (H, W)) runs on that view.
+that uint8 array by 255, which wraps to ``(-x) mod 256`` (docs/original_behaviour.md#segmenter-seeds-wrap).
+``superpixel_view`` reproduces both; ``invert_quirk=False`` skips the wrap. ``superpixel_fn`` (uint8 (H, W, 3) -> int32 (H, W)) runs on that view.
 """
 
 from __future__ import annotations
@@ -273,7 +274,7 @@ class SegmentationEval:
   flip) and, with ``window_size``, upsampled so its short side is at least the window (as inference does).
   Its shape varies per image, as in the original (batch size 1); the sliding window and its superpixels
   (``superpixel_view`` of each window) are the inference code's job. 'label_map' stays at the original
-  resolution, where mIoU is measured (§3.5).
+  resolution, where mIoU is measured (docs/original_behaviour.md#segmenter-miou).
   """
 
   img_scale: tuple[int, int] = (2048, 512)
