@@ -19,7 +19,8 @@ and cv2's RGB<->HSV on RGB equals its BGR<->HSV on BGR, so nothing changes; mmse
 Superpixels: the original denormalises the final padded float crop, truncates to uint8 (the float round trip
 turns a few values x into x - 1, and the zero padding into the mean colour (123, 116, 103)), and then multiplies
 that uint8 array by 255, which wraps to ``(-x) mod 256`` (docs/original_behaviour.md#segmenter-seeds-wrap).
-``superpixel_view`` reproduces both; ``invert_quirk=False`` skips the wrap. ``superpixel_fn`` (uint8 (H, W, 3) -> int32 (H, W)) runs on that view.
+``superpixel_view`` reproduces both; ``invert_quirk=False`` skips the wrap. ``superpixel_fn`` (uint8 (H, W, 3) ->
+int32 (H, W)) runs on that view.
 """
 
 from __future__ import annotations

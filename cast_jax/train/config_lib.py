@@ -132,8 +132,8 @@ def lincls_defaults() -> ml_collections.ConfigDict:
 
 
 def segmenter_defaults(dataset: str = 'ade20k') -> ml_collections.ConfigDict:
-  """The Segmenter fine-tuning CAST-S (``segmenter/train_cast.py``; spec_supervised_seg.md §3) on ``dataset``
-  ('ade20k' or 'pascal_context': crop, scales, zero-label reduction and the evaluation window of
+  """The Segmenter fine-tuning CAST-S (``segmenter/train_cast.py``; docs/original_behaviour.md#segmentation-recipe)
+  on ``dataset`` ('ade20k' or 'pascal_context': crop, scales, zero-label reduction and the evaluation window of
   ``cast_jax.data.segmentation.DATASETS``).
 
   SGD momentum 0.9 Nesterov, weight decay 0, lr (1e-3 - 1e-5)(1 - k / iter_max)^0.9 + 1e-5 per update, batch 8
