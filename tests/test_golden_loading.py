@@ -20,7 +20,8 @@ import pytest
 from cast_jax import convert, loading
 from cast_jax.models import ModelSpec, build_model
 from cast_jax.torch_pickle import load_torch_checkpoint
-from conftest import checkpoint_path, golden_dir, load_meta, quick_variables, require_golden, spec_from_meta
+from conftest import (checkpoint_path, golden_dir, golden_folder, load_meta, quick_variables, require_golden,
+                      spec_from_meta)
 
 
 def _spml_folders():
@@ -85,10 +86,7 @@ def test_moco_seg_checkpoint_into_the_segmentation_stage_equals_the_original_con
 def test_moco_seg_checkpoint_refuses_a_segmentation_stage_of_another_width():
   """A wrong config fails naming the leaves instead of starting from scratch."""
   require_golden()
-  path = golden_dir() / 'moco_cast_seg' / 'checkpoint_0000.pth.tar'
-  if not path.is_file():
-    pytest.skip(f'{path} not found')
-  moco = convert.convert_checkpoint(path)
+  moco = convert.convert_checkpoint(checkpoint_path(golden_folder('moco', seg_arch=True)))
   wide = moco.spec.embed_dim * 2
   target = ModelSpec(kind='cast_seg', embed_dim=wide, depth=moco.spec.depth, num_clusters=(12, 6, 3, 2),
                      image_size=512, max_segments=36)
@@ -108,9 +106,10 @@ def test_deit_checkpoint_into_cast_seg_deit(image_size):
   """224: the original's own start (28x28 table kept, the forward resizes it). 256: a 32x32 model grid, the
   table's grid resampled bicubically with its cls slot kept."""
   require_golden()
-  meta = load_meta('deit_cast')
+  folder = golden_folder('deit')
+  meta = load_meta(folder)
   source = spec_from_meta(meta)
-  deit = convert.convert_checkpoint(checkpoint_path('deit_cast'), spec=source).variables
+  deit = convert.convert_checkpoint(checkpoint_path(folder), spec=source).variables
   target = ModelSpec(kind='cast_seg_deit', embed_dim=meta['embed_dim'], depth=tuple(meta['depth']),
                      num_heads=meta['num_heads'], image_size=image_size)
   assert target.clusters() == (320, 160, 80, 40)

@@ -238,12 +238,13 @@ def test_segmenter_starts_from_the_deit_checkpoint_with_a_fresh_decoder():
   """train_cast.py's start: the DeiT cast_deit encoder (CROSS_KIND rules), the decoder as the original initialises."""
   from cast_jax import loading
   from cast_jax.train.segmentation import start_segmenter
-  from conftest import checkpoint_path, load_meta, quick_variables, require_golden, spec_from_meta
+  from conftest import checkpoint_path, golden_folder, load_meta, quick_variables, require_golden, spec_from_meta
 
   require_golden()
-  meta = load_meta('deit_cast')
+  folder = golden_folder('deit')
+  meta = load_meta(folder)
   source = spec_from_meta(meta)
-  deit = convert.convert_checkpoint(checkpoint_path('deit_cast'), spec=source).variables
+  deit = convert.convert_checkpoint(checkpoint_path(folder), spec=source).variables
   target = ModelSpec(kind='cast_seg_deit', embed_dim=meta['embed_dim'], depth=tuple(meta['depth']),
                      num_heads=meta['num_heads'], seg_classes=5)
   model = build_model(target)
@@ -310,7 +311,7 @@ def test_decoder_dropout_needs_train_mode_and_padding_slots_are_inert():
 def test_segmenter_checkpoint_conversion_names_what_does_not_fit():
   from cast_jax.torch_pickle import load_torch_checkpoint
 
-  path = require_folder('segmenter_cast')
+  path = require_folder((segmentation_folders('segmenter') or ['<no segmenter fixtures>'])[0])
   meta = json.loads((path / 'meta.json').read_text())
   checkpoint = load_torch_checkpoint(path / 'checkpoint.pth')
   overrides = dict(num_clusters=tuple(meta['encoder']['num_clusters']), max_segments=64)
