@@ -81,10 +81,16 @@ def require_golden(folder: str | None = None) -> pathlib.Path:
   elif folder is not None and not (root / folder / 'meta.json').is_file():
     message = f'{folder.strip("<>")} under {root} (found {golden_folders()})'
   if message:
-    if os.environ.get('CI'):
-      pytest.fail(message)
-    pytest.skip(message)
+    missing_fixture(message)
   return root
+
+
+def missing_fixture(message: str) -> None:
+  """A fixture the test needs is absent: a failure in CI (a parity test must never skip there), else a skip
+  that says what is missing."""
+  if os.environ.get('CI'):
+    pytest.fail(message)
+  pytest.skip(message)
 
 
 def load_meta(folder: str) -> dict:

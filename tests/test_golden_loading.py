@@ -20,8 +20,8 @@ import pytest
 from cast_jax import convert, loading
 from cast_jax.models import ModelSpec, build_model
 from cast_jax.torch_pickle import load_torch_checkpoint
-from conftest import (checkpoint_path, golden_dir, golden_folder, load_meta, quick_variables, require_golden,
-                      spec_from_meta)
+from conftest import (checkpoint_path, golden_dir, golden_folder, load_meta, missing_fixture, quick_variables,
+                      require_golden, spec_from_meta)
 
 
 def _spml_folders():
@@ -42,7 +42,7 @@ def test_moco_seg_checkpoint_into_the_segmentation_stage_equals_the_original_con
   require_golden()
   folders = _spml_folders()
   if not folders:
-    pytest.skip(f'no segmentation/ folder with kind "spml" under {golden_dir()}')
+    missing_fixture(f'no segmentation/ folder with kind "spml" under {golden_dir()}')
   for folder in folders:
     meta = json.loads((folder / 'meta.json').read_text())
     backbone = meta['backbone']

@@ -17,14 +17,13 @@ import json
 import jax
 import jax.numpy as jnp
 import numpy as np
-import pytest
 
 from cast_jax import convert
 from cast_jax.models import ModelSpec
 from cast_jax.models.variants import is_frozen
 from cast_jax.torch_pickle import load_torch_checkpoint
 from cast_jax.train import optim, schedules
-from conftest import fast_jit, golden_dir, require_golden
+from conftest import fast_jit, golden_dir, missing_fixture, require_golden
 
 BACKBONE, CLASSIFIER = 'embedding_model.vit_backbone.', 'prediction_model.'
 
@@ -55,7 +54,7 @@ def _folders_or_skip(kind: str = 'spml'):
   require_golden()
   folders = _folders(kind)
   if not folders:
-    pytest.skip(f'no segmentation/ folder with kind "{kind}" and train_steps.npz under {golden_dir()}')
+    missing_fixture(f'no segmentation/ folder with kind "{kind}" and train_steps.npz under {golden_dir()}')
   return folders
 
 

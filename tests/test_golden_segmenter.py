@@ -8,7 +8,6 @@ folder's meta.json and its checkpoint goes through the command-line converter.
 from __future__ import annotations
 
 import json
-import os
 
 import jax
 import jax.numpy as jnp
@@ -22,7 +21,7 @@ from cast_jax.sliding_window import (SEGMENTER_MEAN, SEGMENTER_STD, SlidingWindo
                                      denormalize_to_uint8, normalize, resize_short_side, segmenter_window_fn,
                                      sliding_window_inference, window_anchors)
 from cast_jax.superpixels import compute_superpixels, preset, seeds_grid
-from conftest import assert_close_golden, fast_jit, golden_dir
+from conftest import assert_close_golden, fast_jit, golden_dir, missing_fixture
 
 # Below this margin the original's own float32 noise may flip an argmax (golden README, "Near-ties").
 TIE_MARGIN = 1e-5
@@ -40,9 +39,7 @@ def require_folder(name: str):
   path = golden_dir() / 'segmentation' / name
   if not (path / 'meta.json').is_file():
     message = f'segmentation golden fixtures not found at {path}: set CAST_GOLDEN_DIR to the folder above segmentation/'
-    if os.environ.get('CI'):
-      pytest.fail(message)
-    pytest.skip(message)
+    missing_fixture(message)
   return path
 
 

@@ -22,7 +22,7 @@ from cast_jax import convert
 from cast_jax.models import ModelSpec, build_encoder
 from cast_jax.models.spml import SPMLEmbedding, classifier_from_torch
 from cast_jax.torch_pickle import load_torch_checkpoint
-from conftest import fast_jit, golden_dir, require_golden
+from conftest import fast_jit, golden_dir, missing_fixture, require_golden
 
 BACKBONE, CLASSIFIER = 'embedding_model.vit_backbone.', 'prediction_model.'
 
@@ -39,7 +39,7 @@ def folders_or_skip(kind: str = 'spml'):
   require_golden()
   folders = spml_folders(kind)
   if not folders:
-    pytest.skip(f'no segmentation/ folder with kind "{kind}" under {golden_dir()}')
+    missing_fixture(f'no segmentation/ folder with kind "{kind}" under {golden_dir()}')
   return folders
 
 
@@ -171,7 +171,7 @@ FLOAT32_EPS = 1.2e-7
 def test_two_spml_sgd_updates_on_lr_poly_match_the_original(index):
   folder = folders_or_skip()[index]
   if not (folder / 'train_steps.npz').is_file():
-    pytest.skip(f'{folder}/train_steps.npz not found')
+    missing_fixture(f'{folder}/train_steps.npz not found')
   from cast_jax.train.spml_step import spml_gradients, spml_optimizer, spml_train_step
 
   meta, spec, model, variables = finetune_setup(folder)
