@@ -103,6 +103,17 @@ def checkpoint_path(folder: str) -> pathlib.Path:
   return files[0]
 
 
+def golden_deit_checkpoint():
+  """(meta, spec, variables) of the first golden fixture of kind 'deit', converted by the command-line converter's
+  code: the start of the Segmenter's cross-kind tests."""
+  from cast_jax import convert
+
+  folder = golden_folder('deit')
+  meta = load_meta(folder)
+  spec = spec_from_meta(meta)
+  return meta, spec, convert.convert_checkpoint(checkpoint_path(folder), spec=spec).variables
+
+
 def spec_from_meta(meta: dict):
   """The ModelSpec that the original's constructor arguments in meta.json describe."""
   from cast_jax.models import ModelSpec

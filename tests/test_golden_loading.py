@@ -20,8 +20,8 @@ import pytest
 from cast_jax import convert, loading
 from cast_jax.models import ModelSpec, build_model
 from cast_jax.torch_pickle import load_torch_checkpoint
-from conftest import (checkpoint_path, golden_dir, golden_folder, load_meta, missing_fixture, quick_variables,
-                      require_golden, spec_from_meta)
+from conftest import (checkpoint_path, golden_deit_checkpoint, golden_dir, golden_folder, missing_fixture,
+                      quick_variables, require_golden)
 
 
 def _spml_folders():
@@ -106,10 +106,7 @@ def test_deit_checkpoint_into_cast_seg_deit(image_size):
   """224: the original's own start (28x28 table kept, the forward resizes it). 256: a 32x32 model grid, the
   table's grid resampled bicubically with its cls slot kept."""
   require_golden()
-  folder = golden_folder('deit')
-  meta = load_meta(folder)
-  source = spec_from_meta(meta)
-  deit = convert.convert_checkpoint(checkpoint_path(folder), spec=source).variables
+  meta, source, deit = golden_deit_checkpoint()
   target = ModelSpec(kind='cast_seg_deit', embed_dim=meta['embed_dim'], depth=tuple(meta['depth']),
                      num_heads=meta['num_heads'], image_size=image_size)
   assert target.clusters() == (320, 160, 80, 40)

@@ -235,13 +235,10 @@ def test_segmenter_starts_from_the_deit_checkpoint_with_a_fresh_decoder():
   """train_cast.py's start: the DeiT cast_deit encoder (CROSS_KIND rules), the decoder as the original initialises."""
   from cast_jax import loading
   from cast_jax.train.segmentation import start_segmenter
-  from conftest import checkpoint_path, golden_folder, load_meta, quick_variables, require_golden, spec_from_meta
+  from conftest import golden_deit_checkpoint, quick_variables, require_golden
 
   require_golden()
-  folder = golden_folder('deit')
-  meta = load_meta(folder)
-  source = spec_from_meta(meta)
-  deit = convert.convert_checkpoint(checkpoint_path(folder), spec=source).variables
+  meta, source, deit = golden_deit_checkpoint()
   target = ModelSpec(kind='cast_seg_deit', embed_dim=meta['embed_dim'], depth=tuple(meta['depth']),
                      num_heads=meta['num_heads'], seg_classes=5)
   model = build_model(target)
