@@ -103,6 +103,14 @@ def checkpoint_path(folder: str) -> pathlib.Path:
   return files[0]
 
 
+def fingerprint(t: np.ndarray, positions: np.ndarray) -> np.ndarray:
+  """The segmentation golden README's fingerprint of a large tensor (train_steps.npz, mode "fp"): per axis the
+  sums over all other axes, then the entries at ``positions``; float64."""
+  t = np.asarray(t, np.float64)
+  parts = [t.sum(axis=tuple(a for a in range(t.ndim) if a != d)).reshape(-1) for d in range(t.ndim)]
+  return np.concatenate(parts + [t.reshape(-1)[positions]])
+
+
 def golden_deit_checkpoint():
   """(meta, spec, variables) of the first golden fixture of kind 'deit', converted by the command-line converter's
   code: the start of the Segmenter's cross-kind tests."""

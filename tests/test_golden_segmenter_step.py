@@ -20,7 +20,7 @@ from cast_jax import convert
 from cast_jax.models import build_model
 from cast_jax.train.segmentation import (SegmentationObjective, masked_cross_entropy, segmenter_optimizer,
                                          segmenter_schedule)
-from conftest import fast_compile_options, fast_jit
+from conftest import fast_compile_options, fast_jit, fingerprint
 from test_golden_segmenter import converted_variables, require_folder, segmentation_folders, segmenter_spec
 
 FOLDERS = segmentation_folders('segmenter') or ['<segmenter fixtures missing>']
@@ -29,13 +29,6 @@ FOLDERS = segmentation_folders('segmenter') or ['<segmenter fixtures missing>']
 # backward pass, up to ~1e-8 here, on both sides. So each gradient tolerance is the README's 1e-4 of the tensor's
 # largest gradient plus float32's epsilon times the step's largest gradient over all tensors.
 FLOAT32_EPS = 1.2e-7
-
-
-def fingerprint(t: np.ndarray, positions: np.ndarray) -> np.ndarray:
-  """The README's fingerprint: per axis the sums over all other axes, then the entries at ``positions``."""
-  t = np.asarray(t, np.float64)
-  parts = [t.sum(axis=tuple(a for a in range(t.ndim) if a != d)).reshape(-1) for d in range(t.ndim)]
-  return np.concatenate(parts + [t.reshape(-1)[positions]])
 
 
 def torch_layout(spec):

@@ -22,7 +22,7 @@ from cast_jax import convert
 from cast_jax.models import ModelSpec, build_encoder
 from cast_jax.models.spml import SPMLEmbedding, classifier_from_torch
 from cast_jax.torch_pickle import load_torch_checkpoint
-from conftest import fast_jit, golden_dir, missing_fixture, require_golden
+from conftest import fast_jit, fingerprint, golden_dir, missing_fixture, require_golden
 
 BACKBONE, CLASSIFIER = 'embedding_model.vit_backbone.', 'prediction_model.'
 
@@ -121,13 +121,6 @@ def test_forward_tokens_logits_and_level4_clusters(index):
   np.testing.assert_array_equal(contiguous_clusters(out['level4']), want['cluster_index'])
   batch = superpixels.shape[0]
   np.testing.assert_array_equal(np.repeat(np.arange(batch), superpixels[0].size), want['cluster_batch_index'])
-
-
-def fingerprint(t: np.ndarray, positions: np.ndarray) -> np.ndarray:
-  """The README's fingerprint: per axis the sums over all other axes, then the entries at ``positions``."""
-  t = np.asarray(t, np.float64)
-  parts = [t.sum(axis=tuple(a for a in range(t.ndim) if a != d)).reshape(-1) for d in range(t.ndim)]
-  return np.concatenate(parts + [t.reshape(-1)[positions]])
 
 
 def torch_locator(spec: ModelSpec):
