@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import dataclasses
 
 import numpy as np
 from PIL import Image
@@ -77,3 +78,22 @@ def test_moco_takes_the_second_view_from_a_second_rendering_when_the_example_has
     pixels = np.round((out['view' + name] * augment.IMAGENET_STD + augment.IMAGENET_MEAN) * 255).astype(np.uint8)
     # Full-image crops with no colour change: each view is its rendering, possibly flipped.
     assert np.array_equal(pixels, example[key]) or np.array_equal(pixels, example[key][:, ::-1])
+
+
+def test_shared_geometry_crops_and_flips_both_renderings_alike():
+  """With shared_geometry the two views of a second rendering differ only in appearance: the object masks of
+  both renderings, pushed through the recipe's geometry, are identical (and differ from a crop of another box)."""
+  source = PartWholeDataset(2, image_size=96, second_rendering=True)
+  example = dict(source[0])
+  mask = (example['object_mask'] > 0).astype(np.uint8) * 255
+  # Give each rendering its object mask as the image, so the recipe's output shows where its geometry went.
+  example['image'] = example['image2'] = np.repeat(mask[..., None], 3, axis=2)
+  plain = dict(size=64, crop_scale=(0.25, 1.0), jitter_prob=0, grayscale_prob=0, blur_prob=0)
+  shared = recipes.MoCoTwoViews(MOCO_SEEDS, view1=recipes.ViewAugmentation(**plain),
+                                view2=recipes.ViewAugmentation(**plain), shared_geometry=True)
+  independent = dataclasses.replace(shared, shared_geometry=False)
+  same = [np.array_equal((o := shared(example, np.random.default_rng(seed)))['view1'], o['view2'])
+          for seed in range(8)]
+  different = [np.array_equal((o := independent(example, np.random.default_rng(seed)))['view1'], o['view2'])
+               for seed in range(8)]
+  assert all(same) and not any(different)

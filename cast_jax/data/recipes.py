@@ -33,8 +33,14 @@ class ViewAugmentation:
   blur_prob: float = 1.0
   solarize_prob: float = 0.0
 
-  def __call__(self, img: Image.Image, rng: np.random.Generator) -> np.ndarray:
-    img = augment.random_resized_crop(img, self.size, rng, self.crop_scale)
+  def __call__(self, img: Image.Image, rng: np.random.Generator, geometry: tuple | None = None) -> np.ndarray:
+    """geometry: an optional ((top, left, h, w), flip) drawn by ``draw_geometry`` and used instead of this
+    view's own crop box and flip (the rng draws for them are then skipped)."""
+    if geometry is None:
+      img = augment.random_resized_crop(img, self.size, rng, self.crop_scale)
+    else:
+      top, left, h, w = geometry[0]
+      img = img.resize((self.size, self.size), Image.BILINEAR, box=(left, top, left + w, top + h))
     if rng.random() < self.jitter_prob:
       img = augment.color_jitter(img, rng)
     if rng.random() < self.grayscale_prob:
@@ -43,9 +49,14 @@ class ViewAugmentation:
       img = augment.gaussian_blur(img, rng)
     if rng.random() < self.solarize_prob:
       img = augment.solarize(img)
-    if rng.random() < 0.5:
+    flip = rng.random() < 0.5 if geometry is None else geometry[1]
+    if flip:
       img = augment.hflip(img)
     return np.asarray(img, np.uint8)
+
+  def draw_geometry(self, width: int, height: int, rng: np.random.Generator) -> tuple:
+    """One crop box and flip, for views that share their geometry (``MoCoTwoViews.shared_geometry``)."""
+    return augment.random_resized_crop_box(width, height, rng, self.crop_scale), bool(rng.random() < 0.5)
 
 
 # The two views of MoCo-v3 (and BYOL): view 1 always blurred; view 2 rarely blurred, sometimes solarized.
@@ -60,17 +71,25 @@ class MoCoTwoViews:
 
   Both views are crops of 'image', as in the original, unless the example carries an 'image2' (another
   rendering of the same scene, e.g. PartWorld's ``second_rendering``): then view 2 is cropped from that.
+
+  ``shared_geometry`` (not in the original) crops both views with one box and one flip, so they differ only in
+  appearance: with two renderings of one scene, what the views share is then exactly the scene's geometry.
   """
 
   superpixel_fn: SuperpixelFn
   view1: ViewAugmentation = MOCO_VIEW1
   view2: ViewAugmentation = MOCO_VIEW2
+  shared_geometry: bool = False
 
   def __call__(self, example: dict[str, Any], rng: np.random.Generator) -> dict[str, Any]:
     images = {'1': example['image'], '2': example.get('image2', example['image'])}
     out = {'label': np.int32(example.get('label', -1))}
+    geometry = None
+    if self.shared_geometry:
+      height, width = images['1'].shape[:2]
+      geometry = self.view1.draw_geometry(width, height, rng)
     for name, view in (('1', self.view1), ('2', self.view2)):
-      pixels = view(Image.fromarray(images[name]), rng)
+      pixels = view(Image.fromarray(images[name]), rng, geometry)
       out['superpixels' + name] = self.superpixel_fn(pixels)
       out['view' + name] = augment.normalize(pixels)
     return out

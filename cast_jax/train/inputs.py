@@ -68,11 +68,14 @@ def superpixel_fn(data, uses_superpixels: bool = True):
 def moco_train_iterator(data, batch_size: int, seed: int, process_index: int, process_count: int,
                         uses_superpixels: bool = True):
   """An infinite, resumable iterator of MoCo two-view batches (``batch_size`` per process)."""
-  view1 = recipes.ViewAugmentation(size=data.image_size, crop_scale=tuple(data.crop_scale), blur_prob=1.0,
-                                   solarize_prob=0.0)
-  view2 = recipes.ViewAugmentation(size=data.image_size, crop_scale=tuple(data.crop_scale), blur_prob=0.1,
-                                   solarize_prob=0.2)
-  recipe = recipes.MoCoTwoViews(superpixel_fn(data, uses_superpixels), view1=view1, view2=view2)
+  views = [recipes.ViewAugmentation(size=data.image_size, crop_scale=tuple(data.crop_scale),
+                                    jitter_prob=data.get('jitter_prob', 0.8),
+                                    grayscale_prob=data.get('grayscale_prob', 0.2),
+                                    blur_prob=tuple(data.get('blur_probs', (1.0, 0.1)))[i],
+                                    solarize_prob=tuple(data.get('solarize_probs', (0.0, 0.2)))[i])
+           for i in range(2)]
+  recipe = recipes.MoCoTwoViews(superpixel_fn(data, uses_superpixels), view1=views[0], view2=views[1],
+                                shared_geometry=bool(data.get('shared_geometry', False)))
   return train_iterator(data, recipe, batch_size, seed, process_index, process_count)
 
 
