@@ -7,6 +7,8 @@ builders themselves are built end to end with TFDS (no TensorFlow needed) and re
 
 import io
 import pathlib
+import shutil
+import tarfile
 import zipfile
 
 import ml_collections
@@ -164,6 +166,15 @@ def test_voc_sbd_reads_palette_indices_and_sbd_mat(tmp_path):
     np.testing.assert_array_equal(_decoded(record), labels[key])
   assert set(np.unique(_decoded(val['2007_000032'])).tolist()) == {0, 1, 15, 20, 255}
 
+  # SegSort's converted segcls PNG, where the list names one that exists, is what SPML reads: it comes first.
+  segcls = _ids(6, 9, [0, 9], seed=5)
+  _png(tmp_path / 'VOCdevkit' / 'VOC2012' / 'segcls' / '2007_000033.png', segcls)
+  (tmp_path / 'VOCdevkit' / 'segcls_list.txt').write_text('VOC2012/JPEGImages/2007_000033.jpg VOC2012/segcls/2007_000033.png\n'
+                                                   '/JPEGImages/2008_000123.jpg /segcls/2008_000123.png\n')
+  listed = dict(archives.voc_sbd_examples(voc, sbd, tmp_path / 'VOCdevkit' / 'segcls_list.txt'))
+  assert [r['label_source'] for r in listed.values()] == ['list', 'sbd']  # the second's segcls file is absent
+  np.testing.assert_array_equal(_decoded(listed['2007_000033']), segcls)
+
 
 # -------------------------------------------------------------------------------------------------- bad input
 
@@ -177,8 +188,8 @@ def test_a_listed_file_that_is_missing_is_named(tmp_path):
     list(archives.voc_sbd_examples(voc, sbd, listed))
   # An image that exists but has neither label: both places are named.
   listed.write_text('2009_000456\n')
-  with pytest.raises(FileNotFoundError, match=r':1 names .2009_000456. but it has no label map: neither '
-                                              r'.*SegmentationClass/2009_000456.png nor .*cls/2009_000456.mat'):
+  with pytest.raises(FileNotFoundError, match=r':1 names .2009_000456. but it has no label map: none of '
+                                              r'.*SegmentationClass/2009_000456.png, .*cls/2009_000456.mat exists'):
     list(archives.voc_sbd_examples(voc, sbd, listed))
   with pytest.raises(FileNotFoundError, match='split list .*nowhere.txt does not exist'):
     list(archives.voc_sbd_examples(voc, sbd, tmp_path / 'nowhere.txt'))
@@ -236,6 +247,17 @@ def test_rgb_labels_size_mismatch_and_unpaired_ade_files_are_refused(tmp_path):
     list(archives.ade20k_examples(root, 'val'))
 
 
+def test_archives_that_would_write_outside_their_folder_are_refused(tmp_path):
+  with zipfile.ZipFile(tmp_path / 'evil.zip', 'w') as zipped:
+    zipped.writestr('../escaped.txt', 'x')
+  with pytest.raises(ValueError, match=r"evil.zip: member '../escaped.txt' would be written outside"):
+    archives.extract_archive(tmp_path / 'evil.zip', tmp_path / 'out')
+  assert not (tmp_path / 'escaped.txt').exists()
+  (tmp_path / 'plain.txt').write_text('x')
+  with pytest.raises(ValueError, match='plain.txt is neither a zip nor a tar archive'):
+    archives.extract_archive(tmp_path / 'plain.txt', tmp_path / 'out2')
+
+
 # ---------------------------------------------------------------------------------- TFDS builds, end to end
 
 def _read_back(name: str, data_dir: pathlib.Path, split: str) -> dict:
@@ -290,12 +312,17 @@ def test_tfds_builds_ade20k_from_the_zip_and_the_configs_read_it(tmp_path):
   assert batch['image'].shape == (1, 6, 9, 3) and batch['skipped'].tolist() == [0]
 
 
-def test_tfds_builds_voc_sbd_and_pascal_context_from_folders(tmp_path):
+def test_tfds_builds_voc_sbd_from_a_tgz_and_pascal_context_from_folders(tmp_path):
   from cast_jax.data import tfds_builders  # pylint: disable=import-outside-toplevel
 
   voc_labels = _voc_sbd(tmp_path / 'voc')
+  # SBD given packed, as downloaded: the builder unpacks benchmark.tgz itself.
+  with tarfile.open(tmp_path / 'voc' / 'benchmark.tgz', 'w:gz') as tarred:
+    tarred.add(tmp_path / 'voc' / 'benchmark_RELEASE', 'benchmark_RELEASE')
+  shutil.rmtree(tmp_path / 'voc' / 'benchmark_RELEASE')
   builder = tfds_builders.build(REPO / 'data' / 'voc_sbd', tmp_path / 'voc', str(tmp_path / 'tfds'))
   assert {k: v.num_examples for k, v in builder.info.splits.items()} == {'train_aug': 2, 'validation': 1}
+  assert (tmp_path / 'tfds' / 'downloads' / 'extracted' / 'benchmark.tgz' / 'benchmark_RELEASE').is_dir()
   val = _read_back('voc_sbd', tmp_path / 'tfds', 'validation')
   np.testing.assert_array_equal(val[0]['label_map'], voc_labels['2007_000032'])
   train = [r['label_map'] for r in _read_back('voc_sbd', tmp_path / 'tfds', 'train_aug').values()]
@@ -317,5 +344,6 @@ def test_a_build_without_its_files_says_what_to_download(tmp_path):
   (tmp_path / 'manual').mkdir()
   (tmp_path / 'manual' / 'unrelated.txt').write_text('x')
   with pytest.raises(FileNotFoundError, match=r'(?s)the ADEChallengeData2016 folder not found; looked for: .*'
-                                              r'ADEChallengeData2016.zip'):
+                                              r'Put ADEChallengeData2016.zip \(packed or unpacked\) in the manual '
+                                              r'folder .*manual:.*Download ADEChallengeData2016.zip'):
     tfds_builders.build(REPO / 'data' / 'ade20k', tmp_path / 'manual', str(tmp_path / 'tfds'))

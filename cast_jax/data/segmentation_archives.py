@@ -139,24 +139,26 @@ def make_example(image_path: pathlib.Path, label: np.ndarray, label_path: os.Pat
                'file_name': image_path.name}, **extra)
 
 
-def read_id_list(list_file: pathlib.Path) -> list[tuple[int, str]]:
-  """(line number, image id) of each non-empty line: the id is the file stem of the line's first field.
+def read_list(list_file: pathlib.Path) -> list[tuple[int, str, Optional[str]]]:
+  """(line number, image id, label field or None) of each non-empty line of a split list.
 
-  Accepts plain ids (``2008_000002``), SPML's ``VOC2012/JPEGImages/X.jpg VOC2012/segcls/X.png ...`` lines and
-  DeepLab's ``/JPEGImages/X.jpg /SegmentationClassAug/X.png``. A repeated id is an error.
+  The id is the file stem of the line's first field. Accepts plain ids (``2008_000002``), SPML's
+  ``VOC2012/JPEGImages/X.jpg VOC2012/segcls/X.png ...`` lines and DeepLab's
+  ``/JPEGImages/X.jpg /SegmentationClassAug/X.png``; the second field, when there is one, names a label file.
+  A repeated id is an error.
   """
   if not list_file.is_file():
     raise FileNotFoundError(f'split list {list_file} does not exist')
   entries, seen = [], {}
   for number, line in enumerate(list_file.read_text().splitlines(), start=1):
-    fields = line.split()
+    fields = [f.replace('\\', '/') for f in line.split()]
     if not fields:
       continue
-    image_id = pathlib.PurePosixPath(fields[0].replace('\\', '/')).stem
+    image_id = pathlib.PurePosixPath(fields[0]).stem
     if image_id in seen:
       raise ValueError(f'{list_file}:{number}: image {image_id!r} is listed twice (first at line {seen[image_id]})')
     seen[image_id] = number
-    entries.append((number, image_id))
+    entries.append((number, image_id, fields[1] if len(fields) > 1 else None))
   if not entries:
     raise ValueError(f'split list {list_file} names no image')
   return entries
@@ -273,7 +275,7 @@ def pascal_context_examples(images_dir: pathlib.Path, labels_dir: pathlib.Path, 
   if split not in PASCAL_CONTEXT_SPLITS:
     raise ValueError(f'unknown Pascal Context split {split!r}; choose one of {sorted(PASCAL_CONTEXT_SPLITS)}')
   list_file = lists_dir / f'{PASCAL_CONTEXT_SPLITS[split]}.txt'
-  for number, image_id in read_id_list(list_file):
+  for number, image_id, _ in read_list(list_file):
     image_path, label_path = images_dir / f'{image_id}.jpg', labels_dir / f'{image_id}.png'
     for path in (image_path, label_path):
       if not path.is_file():
@@ -283,28 +285,37 @@ def pascal_context_examples(images_dir: pathlib.Path, labels_dir: pathlib.Path, 
 
 def voc_sbd_examples(voc_dir: pathlib.Path, sbd_cls_dir: Optional[pathlib.Path],
                      list_file: pathlib.Path) -> Iterator[Example]:
-  """Pascal VOC 2012 + SBD -> the examples ``list_file`` names (SPML: train+ 10,582, val 1,449).
+  """Pascal VOC 2012 + SBD -> the examples ``list_file`` names (SPML: train+ 10,582, val 1,449), in list order.
 
   voc_dir: ``VOCdevkit/VOC2012`` (``JPEGImages``, ``SegmentationClass`` palette PNGs); sbd_cls_dir: SBD's
-  ``benchmark_RELEASE/dataset/cls`` (``<id>.mat``), or None when the list needs no SBD label. Each image's label
-  comes from VOC's ``SegmentationClass/<id>.png`` when VOC annotates it (its palette indices, 255 on the void
-  border), else from SBD's ``cls/<id>.mat`` (``GTcls.Segmentation``; SBD has no void) — the usual train_aug
-  construction (mmseg's ``voc_aug``). SPML itself reads SegSort's converted ``segcls`` PNGs; which of the two
-  annotations those hold for images both datasets label is not documented. ``label_source`` records the choice.
+  ``benchmark_RELEASE/dataset/cls`` (``<id>.mat``), or None. Each image's label map, first found of:
+
+  1. ``list``: the file the list line's second field names, relative to ``VOCdevkit`` (SPML's lines: SegSort's
+     ``VOC2012/segcls/<id>.png``, exactly what SPML reads) or to ``VOC2012`` (DeepLab's), when it is there;
+  2. ``voc``: VOC's ``SegmentationClass/<id>.png``, its palette indices (255 on the void border);
+  3. ``sbd``: SBD's ``cls/<id>.mat`` (``GTcls.Segmentation``; SBD has no void).
+
+  2-before-3 is the usual train_aug construction (mmseg's ``voc_aug``); which of the two SegSort's ``segcls``
+  holds for images both datasets label is not documented. ``label_source`` records the choice per image.
   """
   images_dir, voc_labels = voc_dir / 'JPEGImages', voc_dir / 'SegmentationClass'
-  for number, image_id in read_id_list(list_file):
+  for number, image_id, label_field in read_list(list_file):
     image_path = images_dir / f'{image_id}.jpg'
     if not image_path.is_file():
       raise FileNotFoundError(f'{list_file}:{number} names {image_id!r} but {image_path} does not exist')
+    listed = [base / label_field.lstrip('/') for base in (voc_dir.parent, voc_dir)] if label_field else []
     png = voc_labels / f'{image_id}.png'
     mat = sbd_cls_dir / f'{image_id}.mat' if sbd_cls_dir is not None else None
-    if png.is_file():
+    listed_found = [p for p in listed if p.is_file()]
+    if listed_found:
+      label_path, source = listed_found[0], 'list'
+      label = read_label_png(label_path)
+    elif png.is_file():
       label, label_path, source = read_label_png(png), png, 'voc'
     elif mat is not None and mat.is_file():
       label, label_path, source = read_sbd_mat(mat), mat, 'sbd'
     else:
-      looked = f'{png}' + (f' nor {mat}' if mat is not None else ' (and no SBD cls folder was given)')
-      raise FileNotFoundError(f'{list_file}:{number} names {image_id!r} but it has no label map: neither {looked} '
-                              'exists')
+      looked = [str(p) for p in listed + [png] + ([mat] if mat is not None else [])]
+      raise FileNotFoundError(f'{list_file}:{number} names {image_id!r} but it has no label map: none of '
+                              f'{", ".join(looked)} exists')
     yield image_id, make_example(image_path, label, label_path, VOC, label_source=source)

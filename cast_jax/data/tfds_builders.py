@@ -36,12 +36,10 @@ class _SegmentationArchives(tfds.core.GeneratorBasedBuilder, skip_registration=T
   RELEASE_NOTES = {'1.0.0': 'Class-index label maps from the original archives.'}
   DESCRIPTION = ''
   HOMEPAGE = ''
-  ARCHIVES: tuple[str, ...] = ()  # archive names this builder unpacks when the unpacked folder is absent
   EXTRA_FEATURES: dict = {}
 
   def __init__(self, *, file_format=None, **kwargs):
     super().__init__(file_format=file_format or 'array_record', **kwargs)
-    self._unpacked: Optional[list[pathlib.Path]] = None
 
   def _info(self) -> tfds.core.DatasetInfo:
     features = {
@@ -59,23 +57,17 @@ class _SegmentationArchives(tfds.core.GeneratorBasedBuilder, skip_registration=T
   def _manual(self, dl_manager) -> pathlib.Path:
     return pathlib.Path(os.fspath(dl_manager.manual_dir))
 
-  def _roots(self, dl_manager, unpack: bool) -> list[pathlib.Path]:
-    """The manual folder, then (when ``unpack``) each known archive found there, unpacked once."""
+  def _locate(self, dl_manager, candidates: Sequence[str], what: str, archive: Optional[str]) -> pathlib.Path:
+    """The first candidate folder under the manual folder; failing that, under ``archive`` (a file in the
+    manual folder) unpacked once into ``<data_dir>/downloads/extracted/<archive>``."""
     manual = self._manual(dl_manager)
-    if not unpack:
-      return [manual]
-    if self._unpacked is None:
-      extracted = pathlib.Path(os.fspath(dl_manager.download_dir)) / 'extracted'
-      self._unpacked = [archives.extract_archive(manual / name, extracted / name)
-                        for name in self.ARCHIVES if (manual / name).is_file()]
-    return [manual] + self._unpacked
-
-  def _locate(self, dl_manager, candidates: Sequence[str], what: str) -> pathlib.Path:
-    found = archives.find_dir(self._roots(dl_manager, unpack=False), candidates)
-    if found is not None:
-      return found
-    return archives.require_dir(self._roots(dl_manager, unpack=True), candidates, what,
-                                f'Put the archives or their unpacked folders there:\n{self.MANUAL_DOWNLOAD_INSTRUCTIONS}')
+    roots = [manual]
+    if archive is not None and archives.find_dir(roots, candidates) is None and (manual / archive).is_file():
+      extracted = pathlib.Path(os.fspath(dl_manager.download_dir)) / 'extracted' / archive
+      roots.append(archives.extract_archive(manual / archive, extracted))
+    return archives.require_dir(
+        roots, candidates, what, f'Put {archive or "it"} (packed or unpacked) in the manual folder {manual}:\n'
+        f'{self.MANUAL_DOWNLOAD_INSTRUCTIONS}')
 
 
 class Ade20k(_SegmentationArchives, skip_registration=True):
@@ -89,7 +81,6 @@ class Ade20k(_SegmentationArchives, skip_registration=True):
   DESCRIPTION = ('ADE20K SceneParsing (ADEChallengeData2016): images and class-index label maps, raw ids '
                  "(0 = 'other', 1..150). Not TFDS's scene_parse150, which is a different release.")
   HOMEPAGE = 'http://sceneparsing.csail.mit.edu/'
-  ARCHIVES = ('ADEChallengeData2016.zip',)
   MANUAL_DOWNLOAD_INSTRUCTIONS = """\
   Download ADEChallengeData2016.zip (http://data.csail.mit.edu/places/ADEchallenge/ADEChallengeData2016.zip)
   into the manual folder, as it is or unpacked (ADEChallengeData2016/{images,annotations}/{training,validation}).
@@ -97,7 +88,7 @@ class Ade20k(_SegmentationArchives, skip_registration=True):
 
   def _split_generators(self, dl_manager):
     root = self._locate(dl_manager, ('ADEChallengeData2016', 'ade20k/ADEChallengeData2016'),
-                        'the ADEChallengeData2016 folder')
+                        'the ADEChallengeData2016 folder', 'ADEChallengeData2016.zip')
     return {split: self._generate_examples(archives.ade20k_examples(root, split)) for split in archives.ADE20K_SPLITS}
 
 
@@ -107,7 +98,6 @@ class PascalContext(_SegmentationArchives, skip_registration=True):
   DESCRIPTION = ('Pascal Context, 60 classes (0 = background, counted in the mIoU), on VOC2010 images, as '
                  "mmseg's PascalContextDataset and the Segmenter read it.")
   HOMEPAGE = 'https://cs.stanford.edu/~roozbeh/pascal-context/'
-  ARCHIVES = ('VOCtrainval_03-May-2010.tar',)
   _VOC2010 = ('VOCdevkit/VOC2010', 'pcontext/VOCdevkit/VOC2010', 'VOC2010')
   MANUAL_DOWNLOAD_INSTRUCTIONS = """\
   1. VOCtrainval_03-May-2010.tar (the VOC2010 images), as it is or unpacked (VOCdevkit/VOC2010/JPEGImages).
@@ -118,12 +108,14 @@ class PascalContext(_SegmentationArchives, skip_registration=True):
   """
 
   def _split_generators(self, dl_manager):
-    images = self._locate(dl_manager, [f'{p}/JPEGImages' for p in self._VOC2010], 'VOC2010 JPEGImages')
+    images = self._locate(dl_manager, [f'{p}/JPEGImages' for p in self._VOC2010], 'VOC2010 JPEGImages',
+                          'VOCtrainval_03-May-2010.tar')
     labels = self._locate(dl_manager, [f'{p}/SegmentationClassContext' for p in self._VOC2010]
-                          + ['SegmentationClassContext'], 'the Pascal Context label folder SegmentationClassContext')
+                          + ['SegmentationClassContext'], 'the Pascal Context label folder SegmentationClassContext',
+                          None)
     lists = self._locate(dl_manager, [f'{p}/ImageSets/SegmentationContext' for p in self._VOC2010]
                          + ['ImageSets/SegmentationContext', 'SegmentationContext'],
-                         'the split lists ImageSets/SegmentationContext')
+                         'the split lists ImageSets/SegmentationContext', None)
     return {split: self._generate_examples(archives.pascal_context_examples(images, labels, lists, split))
             for split in archives.PASCAL_CONTEXT_SPLITS}
 
@@ -132,21 +124,23 @@ class VocSbd(_SegmentationArchives, skip_registration=True):
   """Pascal VOC 2012 + SBD as SPML reads it: 'train_aug' (train+, 10,582 images), 'validation' (1,449)."""
 
   DESCRIPTION = ('Pascal VOC 2012 segmentation with the SBD augmentation (train_aug 10,582 / val 1,449), 21 '
-                 'classes, 255 void; labels from VOC palette PNGs (indices) or SBD cls/*.mat; SPML split lists.')
+                 'classes, 255 void; labels from the files SPML lists (SegSort segcls) when present, else VOC '
+                 'palette PNGs (indices) or SBD cls/*.mat (label_source says which).')
   HOMEPAGE = 'http://host.robots.ox.ac.uk/pascal/VOC/voc2012/'
-  ARCHIVES = ('VOCtrainval_11-May-2012.tar', 'benchmark.tgz')
   EXTRA_FEATURES = {'label_source': tfds.features.Text}
   MANUAL_DOWNLOAD_INSTRUCTIONS = """\
   1. VOCtrainval_11-May-2012.tar, as it is or unpacked (VOCdevkit/VOC2012/{JPEGImages,SegmentationClass}).
   2. SBD's benchmark.tgz, as it is or unpacked (benchmark_RELEASE/dataset/cls/<id>.mat).
   3. SPML's split lists, next to them: panoptic_train+_hed.txt (10,582 lines) and panoptic_val.txt (1,449)
      from SPML's datasets/voc12/ (other names accepted: train_aug.txt, val.txt; one id or path per line).
+  4. Optional: SegSort's segcls PNGs in VOCdevkit/VOC2012/segcls/ (what SPML reads; used first when present).
   """
 
   def _split_generators(self, dl_manager):
-    voc = self._locate(dl_manager, ('VOCdevkit/VOC2012', 'VOC2012'), 'the VOCdevkit/VOC2012 folder')
+    voc = self._locate(dl_manager, ('VOCdevkit/VOC2012', 'VOC2012'), 'the VOCdevkit/VOC2012 folder',
+                       'VOCtrainval_11-May-2012.tar')
     sbd = self._locate(dl_manager, ('benchmark_RELEASE/dataset/cls', 'sbd/dataset/cls', 'SBD/cls', 'cls'),
-                       "SBD's benchmark_RELEASE/dataset/cls folder")
+                       "SBD's benchmark_RELEASE/dataset/cls folder", 'benchmark.tgz')
     manual = self._manual(dl_manager)
     generators = {}
     for split, names in archives.VOC_SBD_LISTS.items():

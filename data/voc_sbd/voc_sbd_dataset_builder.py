@@ -5,8 +5,9 @@
 
 The folder holds VOCtrainval_11-May-2012.tar, SBD's benchmark.tgz (each as it is or unpacked) and SPML's lists
 panoptic_train+_hed.txt and panoptic_val.txt. Splits 'train_aug' (10,582) and 'validation' (1,449); ids 0..20,
-255 void. VOC's palette PNGs are read as palette indices (``convert('L')`` would give luminance) and SBD's
-cls/<id>.mat through GTcls.Segmentation. Logic: ``cast_jax.data.tfds_builders.VocSbd``.
+255 void. Labels: the segcls PNG a list line names when present, else VOC's palette PNG read as palette indices
+(``convert('L')`` would give luminance), else SBD's cls/<id>.mat through GTcls.Segmentation (data/README.md).
+Logic: ``cast_jax.data.tfds_builders.VocSbd``.
 """
 
 from cast_jax.data import tfds_builders
