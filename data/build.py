@@ -1,4 +1,5 @@
-"""Build a dataset of this folder as TFDS ArrayRecord without TensorFlow (``tfds build`` needs it to start).
+"""Build a dataset of this folder as TFDS ArrayRecord without TensorFlow (TFDS's ``tfds build`` needs TensorFlow,
+apache-beam and mlcroissant just to start).
 
     python data/build.py ade20k --manual_dir=~/Downloads/ade20k [--data_dir=~/tensorflow_datasets]
 

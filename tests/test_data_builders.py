@@ -169,8 +169,9 @@ def test_voc_sbd_reads_palette_indices_and_sbd_mat(tmp_path):
   # SegSort's converted segcls PNG, where the list names one that exists, is what SPML reads: it comes first.
   segcls = _ids(6, 9, [0, 9], seed=5)
   _png(tmp_path / 'VOCdevkit' / 'VOC2012' / 'segcls' / '2007_000033.png', segcls)
-  (tmp_path / 'VOCdevkit' / 'segcls_list.txt').write_text('VOC2012/JPEGImages/2007_000033.jpg VOC2012/segcls/2007_000033.png\n'
-                                                   '/JPEGImages/2008_000123.jpg /segcls/2008_000123.png\n')
+  (tmp_path / 'VOCdevkit' / 'segcls_list.txt').write_text(
+      'VOC2012/JPEGImages/2007_000033.jpg VOC2012/segcls/2007_000033.png\n'  # SPML's: relative to VOCdevkit
+      '/JPEGImages/2008_000123.jpg /segcls/2008_000123.png\n')  # DeepLab's: relative to VOC2012
   listed = dict(archives.voc_sbd_examples(voc, sbd, tmp_path / 'VOCdevkit' / 'segcls_list.txt'))
   assert [r['label_source'] for r in listed.values()] == ['list', 'sbd']  # the second's segcls file is absent
   np.testing.assert_array_equal(_decoded(listed['2007_000033']), segcls)

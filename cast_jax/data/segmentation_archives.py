@@ -91,8 +91,9 @@ def read_sbd_mat(path: pathlib.Path) -> np.ndarray:
   except Exception as e:  # scipy raises several types for a file that is not a MATLAB file
     raise ValueError(f'{path}: cannot read the SBD .mat file ({type(e).__name__}: {e})') from e
   if 'GTcls' not in mat or not hasattr(mat['GTcls'], 'Segmentation'):
-    raise ValueError(f'{path}: no GTcls.Segmentation in this .mat file (keys {sorted(k for k in mat if not k.startswith("__"))}); '
-                     "expected SBD's benchmark_RELEASE/dataset/cls/<id>.mat")
+    keys = sorted(k for k in mat if not k.startswith('__'))
+    raise ValueError(f"{path}: no GTcls.Segmentation in this .mat file (keys {keys}); expected SBD's "
+                     'benchmark_RELEASE/dataset/cls/<id>.mat')
   label = np.asarray(mat['GTcls'].Segmentation)
   if label.ndim != 2:
     raise ValueError(f'{path}: GTcls.Segmentation has shape {label.shape}; expected (H, W) class ids')

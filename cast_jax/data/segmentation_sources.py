@@ -7,9 +7,9 @@ gives its indices (TFDS's cv2 decoding would expand a palette to colours). Ids a
 them: ADE20K keeps 0 = 'other' (the recipe's ``reduce_zero_label`` maps 0 to 255 and k to k - 1), Pascal
 Context holds the 60-class ids (background 0), VOC 2012 + SBD 0..20 with 255 void.
 
-Build once (``data/README.md``): ``tfds build data/<name> --manual_dir=<archives>`` (TFDS's CLI needs
-TensorFlow) or ``python data/build.py <name> --manual_dir=<archives>`` (no TensorFlow). TFDS's own
-``scene_parse150`` is a different release of ADE20K (instance PNGs) and is not accepted here.
+Build once (``data/README.md``): ``python data/build.py <name> --manual_dir=<archives>`` (no TensorFlow) or
+``tfds build data/<name> --manual_dir=<archives>`` (TFDS's CLI needs TensorFlow, apache-beam and mlcroissant).
+TFDS's own ``scene_parse150`` is a different release of ADE20K (instance PNGs) and is not accepted here.
 """
 
 from __future__ import annotations
@@ -64,7 +64,7 @@ class SegmentationTfdsSource:
           f'segmentation dataset {name!r} split {split!r} is not prepared under data_dir={data_dir!r} '
           f'({type(e).__name__}: {why}). Download {archives} and build it once with the repository\'s builder: '
           f'python data/build.py {name} --manual_dir=<folder with the archives>'
-          f'{" --data_dir=" + data_dir if data_dir else ""} (or, with TensorFlow installed, tfds build data/{name} '
+          f'{" --data_dir=" + data_dir if data_dir else ""} (or, where TensorFlow is installed, tfds build data/{name} '
           'with the same flags; then set --config.data.data_dir to that data folder).') from e
 
   def __len__(self) -> int:

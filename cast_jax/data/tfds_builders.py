@@ -3,7 +3,7 @@
 The repository's ``data/<name>/<name>_dataset_builder.py`` files subclass these (TFDS names a builder after its
 module, so the concrete ``Builder`` classes must live there). Build one with either
 
-    tfds build data/ade20k --manual_dir=<folder with the archives>          # TFDS's CLI: needs TensorFlow
+    tfds build data/ade20k --manual_dir=<folder with the archives>          # TFDS's CLI: TensorFlow, beam, mlcroissant
     python data/build.py ade20k --manual_dir=<folder with the archives>     # the same builder, no TensorFlow
 
 The output is ArrayRecord by default (``--file_format`` overrides it), read back by

@@ -1,7 +1,7 @@
 """ADE20K (ADEChallengeData2016, 150 classes) as TFDS ArrayRecord with class-index label maps.
 
-    tfds build data/ade20k --manual_dir=<folder with ADEChallengeData2016.zip>     # needs TensorFlow
-    python data/build.py ade20k --manual_dir=<same folder>                         # no TensorFlow
+    python data/build.py ade20k --manual_dir=<folder with ADEChallengeData2016.zip>   # no TensorFlow
+    tfds build data/ade20k --manual_dir=<same folder>   # TFDS CLI: TensorFlow, apache-beam, mlcroissant
 
 Splits 'train' (20,210) and 'validation' (2,000). Label maps keep the raw ids (0 = 'other', 1..150): the
 Segmenter's reduce_zero_label (0 -> 255, k -> k - 1) is applied by the recipe (``cast_jax.data.segmentation``,

@@ -1,7 +1,7 @@
 """Pascal Context (60 classes, background 0 included) as TFDS ArrayRecord with class-index label maps.
 
-    tfds build data/pascal_context --manual_dir=<folder>     # needs TensorFlow
-    python data/build.py pascal_context --manual_dir=<folder>  # no TensorFlow
+    python data/build.py pascal_context --manual_dir=<folder>   # no TensorFlow
+    tfds build data/pascal_context --manual_dir=<folder>   # TFDS CLI: TensorFlow, apache-beam, mlcroissant
 
 The folder holds VOCtrainval_03-May-2010.tar (or its VOCdevkit/VOC2010/JPEGImages) and the 60-class labels
 and lists that mmseg's pascal_context.py converter or the Segmenter's prepare_pcontext.py write:

@@ -1,7 +1,7 @@
 """Pascal VOC 2012 + SBD (SPML's train+ / val) as TFDS ArrayRecord with class-index label maps.
 
-    tfds build data/voc_sbd --manual_dir=<folder>     # needs TensorFlow
-    python data/build.py voc_sbd --manual_dir=<folder>  # no TensorFlow
+    python data/build.py voc_sbd --manual_dir=<folder>   # no TensorFlow
+    tfds build data/voc_sbd --manual_dir=<folder>   # TFDS CLI: TensorFlow, apache-beam, mlcroissant
 
 The folder holds VOCtrainval_11-May-2012.tar, SBD's benchmark.tgz (each as it is or unpacked) and SPML's lists
 panoptic_train+_hed.txt and panoptic_val.txt. Splits 'train_aug' (10,582) and 'validation' (1,449); ids 0..20,
