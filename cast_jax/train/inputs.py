@@ -2,7 +2,8 @@
 
 ``data.name`` picks the source: 'partworld' (built in, generated), 'partworld_segmentation' (the same images with
 class-index label maps, ``data.seg_labels``), 'folder' (ImageNet layout at ``data.path``), 'flat_folder'
-(unlabeled images, e.g. COCO), 'ade20k' / 'pascal_context' (segmentation, ``cast_jax.data.segmentation_sources``),
+(unlabeled images, e.g. COCO), 'ade20k' / 'pascal_context' / 'voc_sbd' (segmentation: the ArrayRecord builds of the
+repository's ``data/`` builders, read by ``cast_jax.data.segmentation_sources``),
 or any other name as a TFDS dataset read from ``data.data_dir``. Evaluation batches are padded to a fixed size with a ``mask`` so shapes stay static.
 """
 
