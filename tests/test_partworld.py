@@ -218,3 +218,29 @@ def test_a_second_rendering_keeps_the_object_and_changes_its_appearance():
   assert min(background_change) > 30
   with pytest.raises(ValueError, match='appearance must be non-negative'):
     make_example(0, image_size=64, appearance=-1)
+
+
+def test_class_palette_makes_a_parts_hue_typical_and_the_random_palette_does_not():
+  """palette='class': a part's hue sits near its own typical hue (circular spread well under a uniform hue's);
+  the default palette's hues are spread over the whole circle. Same geometry either way."""
+  import colorsys
+
+  def hue_spread(palette):
+    hues = {}
+    for index in range(48):
+      example = partworld.make_example(index, image_size=64, split='train', palette=palette)
+      for part in np.unique(example['part_mask'])[1:]:
+        # The median colour of the part (textures vary around its base colour).
+        rgb = np.median(example['image'][example['part_mask'] == part], axis=0) / 255.0
+        hues.setdefault(int(part), []).append(colorsys.rgb_to_hsv(*rgb)[0] * 2 * np.pi)
+    # Circular spread: 1 - |mean of unit vectors| (0: one hue, ~1: uniform), averaged over parts seen 3+ times.
+    return np.mean([1 - abs(np.mean(np.exp(1j * np.array(h)))) for h in hues.values() if len(h) >= 3])
+
+  assert hue_spread('class') < 0.15 < 0.5 < hue_spread('random')
+  a = partworld.make_example(3, image_size=64, palette='class')
+  b = partworld.make_example(3, image_size=64)
+  assert a['label'] == b['label'] and np.array_equal(a['part_mask'], b['part_mask'])
+  with pytest.raises(ValueError, match='palette must be one of'):
+    partworld.make_example(0, image_size=64, palette='natural')
+  with pytest.raises(ValueError, match='palette must be one of'):
+    partworld.PartWholeDataset(4, image_size=64, palette='natural')

@@ -438,11 +438,29 @@ def _texture(rng, size: int, region: tuple[float, float, float], c0: np.ndarray,
   return noise
 
 
-def _distinct_colour(rng, taken: list, min_distance: float, tries: int = 24) -> np.ndarray:
-  """A uniform RGB colour at least min_distance from every colour in taken (else the farthest of tries)."""
+# palette='class': each part's hue varies around its own typical hue (spread apart by the golden ratio, as in
+# part_palette), like leaves that are mostly green; saturation and value stay random.
+_PART_HUE_SPREAD = 0.04  # standard deviation of the hue, in turns
+PALETTES = ('random', 'class')
+
+
+def _uniform_colour(rng, part_id: int) -> np.ndarray:
+  del part_id
+  return rng.uniform(0.0, 255.0, 3)
+
+
+def _typical_colour(rng, part_id: int) -> np.ndarray:
+  hue = (part_id * 0.618034 + rng.normal(0.0, _PART_HUE_SPREAD)) % 1.0
+  return np.array(colorsys.hsv_to_rgb(hue, rng.uniform(0.5, 1.0), rng.uniform(0.5, 1.0))) * 255.0
+
+
+def _distinct_colour(rng, taken: list, min_distance: float, tries: int = 24, sample=_uniform_colour,
+                     part_id: int = 0) -> np.ndarray:
+  """A colour from ``sample(rng, part_id)`` (uniform RGB by default) at least min_distance from every colour
+  in taken (else the farthest of tries)."""
   best, best_d = None, -1.0
   for _ in range(tries):
-    c = rng.uniform(0.0, 255.0, 3)
+    c = sample(rng, part_id)
     d = min((math.dist(c, t) for t in taken), default=math.inf)
     if d >= min_distance:
       return c
@@ -534,7 +552,7 @@ def _check_config(image_size: int, seed: int, split: str) -> None:
 
 
 def make_example(index: int, *, image_size: int = 224, seed: int = 0, split: str = 'train',
-                 appearance: int = 0) -> dict:
+                 appearance: int = 0, palette: str = 'random') -> dict:
   """Example ``index`` of the (seed, split) stream, a pure function of its arguments.
 
   Returns a dict: 'image' (S, S, 3) uint8, 'label' int in [0, NUM_CLASSES), 'object_mask' (S, S) bool,
@@ -542,7 +560,13 @@ def make_example(index: int, *, image_size: int = 224, seed: int = 0, split: str
 
   ``appearance`` > 0 re-renders the same object (class, part geometry, pose, so the same masks) with its own
   background, clutter, part colours and textures; 0 is the stream's own rendering.
+
+  ``palette``: 'random' (the default) draws part colours uniformly whatever the class, so appearance carries no
+  class information; 'class' draws each part's hue around a typical hue of its own (saturation, value,
+  textures, background and clutter stay random), so appearance correlates with the class as in natural images.
   """
+  if palette not in PALETTES:
+    raise ValueError(f'palette must be one of {PALETTES}; got {palette!r}')
   _check_config(image_size, seed, split)
   index = operator.index(index)
   if index < 0:
@@ -579,7 +603,8 @@ def make_example(index: int, *, image_size: int = 224, seed: int = 0, split: str
   part_mask = np.zeros((size, size), np.int32)
   taken = [bg_colour]
   for part_id, prims in zip(CLASS_PARTS[label], parts):
-    colour = _distinct_colour(rng, taken, _MIN_COLOUR_DISTANCE)
+    colour = _distinct_colour(rng, taken, _MIN_COLOUR_DISTANCE, part_id=part_id,
+                              sample=_typical_colour if palette == 'class' else _uniform_colour)
     taken.append(colour)
     x0, y0, x1, y1 = transform.box(_bounds(prims))
     region = (0.5 * (y0 + y1), 0.5 * (x0 + x1), max(x1 - x0, y1 - y0))
@@ -596,8 +621,11 @@ class PartWholeDataset:
   """
 
   def __init__(self, num_examples: int, image_size: int = 224, seed: int = 0, split: str = 'train',
-               second_rendering: bool = False):
+               second_rendering: bool = False, palette: str = 'random'):
     _check_config(image_size, seed, split)
+    if palette not in PALETTES:
+      raise ValueError(f'palette must be one of {PALETTES}; got {palette!r}')
+    self.palette = palette
     num_examples = operator.index(num_examples)
     if num_examples < 0:
       raise ValueError(f'num_examples must be non-negative; got {num_examples}')
@@ -618,15 +646,17 @@ class PartWholeDataset:
       index += self.num_examples
     if not 0 <= index < self.num_examples:
       raise IndexError(f'index {index} out of range for {self.num_examples} examples')
-    example = make_example(index, image_size=self.image_size, seed=self.seed, split=self.split)
+    example = make_example(index, image_size=self.image_size, seed=self.seed, split=self.split,
+                           palette=self.palette)
     if self.second_rendering:
       example['image2'] = make_example(index, image_size=self.image_size, seed=self.seed, split=self.split,
-                                       appearance=1)['image']
+                                       appearance=1, palette=self.palette)['image']
     return example
 
   def __repr__(self) -> str:
     return (f'PartWholeDataset(num_examples={self.num_examples}, image_size={self.image_size}, '
-            f'seed={self.seed}, split={self.split!r}, second_rendering={self.second_rendering})')
+            f'seed={self.seed}, split={self.split!r}, second_rendering={self.second_rendering}, '
+            f'palette={self.palette!r})')
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -46,6 +46,7 @@ def moco_defaults() -> ml_collections.ConfigDict:
       superpixel_overrides={}, num_workers=8, read_threads=ml_collections.FieldReference(None, field_type=int),
       # Only for the built-in 'partworld' dataset:
       num_train_examples=0, num_eval_examples=0, source_image_size=224, seed=0, second_rendering=False,
+      palette='random',
       # The two views' appearance augmentations (view 1, view 2 where a pair), the original's values; and
       # shared_geometry (not in the original): one crop box and flip for both views.
       jitter_prob=0.8, grayscale_prob=0.2, blur_probs=(1.0, 0.1), solarize_probs=(0.0, 0.2),

@@ -39,7 +39,8 @@ def _source(settings: str, split: str):
   if data.name == 'partworld':
     count = data.num_train_examples if split == 'train' else data.num_eval_examples
     return partworld.PartWholeDataset(count, image_size=data.source_image_size, seed=data.seed, split=split,
-                                      second_rendering=bool(data.get('second_rendering', False)))
+                                      second_rendering=bool(data.get('second_rendering', False)),
+                                      palette=data.get('palette', 'random'))
   if data.name == 'partworld_segmentation':
     count = data.num_train_examples if split == 'train' else data.num_eval_examples
     return PartWorldSegmentation(count, image_size=data.source_image_size, seed=data.seed, split=split,
