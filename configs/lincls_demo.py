@@ -13,6 +13,7 @@ from cast_jax.train.config_lib import finalize, lincls_defaults, use_demo_model_
 def get_config(arg=None):
   c = use_demo_model_and_data(lincls_defaults())
   c.model.kind = 'cast'
+  c.data.palette = 'class'  # the images configs/demo.py trained on
   c.batch_size = 128
   c.num_epochs = 10
   c.base_lr = 0.8
