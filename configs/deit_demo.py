@@ -5,7 +5,8 @@ r"""Supervised training of the demo-sized CAST on PartWorld with a plain recipe,
     python -m cast_jax.main --config=configs/deit_demo.py --workdir=/tmp/vit_deit_demo --config.model.kind=vit_conv
 
 The demo's model and data (64 px PartWorld, 4096 training images) trained for 16 epochs (1024 steps of 64) with
-AdamW 2e-3, one warm-up epoch and a cosine: random resized crop (area 0.35-1) and flip, nothing else. The
+AdamW 2e-3, one warm-up epoch and a cosine: horizontal flips, nothing else (measured: 90.2% validation top-1 at
+the end; README "Results on the built-in dataset"). The
 original's ImageNet regularisation (RandAugment, random erasing, mixup/cutmix, label smoothing, repeated
 augmentation, drop path, the scheduler's off-by-one) is switched off here; each is a config field, and
 ``configs/deit_cast_s.py`` keeps them all on. README "Results on the built-in dataset" has what this reaches and
@@ -18,7 +19,7 @@ from cast_jax.train.config_lib import finalize, supervised_defaults, use_demo_mo
 def plain_recipe(c):
   """Every regulariser of the DeiT recipe off: what a 1024-step schedule on 4096 images wants."""
   c.model.update(drop_path_rate=0.0, pool_dropout=0.0, fusion_dropout=0.0)
-  c.data.crop_scale = (0.35, 1.0)
+  c.data.crop_scale = (1.0, 1.0)  # no cropping, flip only: 90.2% at 1024 steps against 82.2% with 0.35-1
   c.randaugment = False
   c.random_erasing = 0.0
   c.mixup_alpha = 0.0

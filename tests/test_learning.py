@@ -4,7 +4,7 @@ One-step parity cannot see a schedule stuck at its warm-up rate, labels that dri
 training pipeline, or an evaluation pipeline that disagrees with training; this run sees all three. The plain
 recipe of ``configs/deit_demo.py`` trains a small CAST on 64 images for 80 steps, then the classifier evaluator
 scores those same images through the evaluation pipeline (centre crop, its own labels): chance is 12.5%, a run
-measured 67% (README, "Results on the built-in dataset").
+measured 95% with the flip-only recipe, 67% when it still cropped 0.35-1 (README, "Results on the built-in dataset").
 """
 
 from __future__ import annotations
@@ -29,4 +29,4 @@ def test_the_supervised_trainer_fits_a_few_partworld_images(tmp_path):
     config.evals[name].every_steps = 0
   last = loop.train_and_evaluate(config, tmp_path)
   assert last['classifier/num_examples'] == 64
-  assert last['classifier/top1'] >= 45.0, f"top-1 {last['classifier/top1']:.1f}% on its 64 training images"
+  assert last['classifier/top1'] >= 70.0, f"top-1 {last['classifier/top1']:.1f}% on its 64 training images"
