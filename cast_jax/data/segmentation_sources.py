@@ -2,7 +2,8 @@
 
 Records are expected as {'image': encoded or (H, W, 3) uint8, 'label_map': encoded PNG or (H, W) uint8 class
 indices} (never a palette converted to RGB). ADE20K keeps its raw ids (0 = 'other'; the recipe's
-``reduce_zero_label`` maps 0 to 255 and k to k - 1); Pascal Context holds the 60-class ids, background 0.
+``reduce_zero_label`` maps 0 to 255 and k to k - 1); Pascal Context holds the 60-class ids, background 0;
+VOC 2012 + SBD (``voc2012_aug``, SPML's fine-tuning) the 21 VOC ids with 255 void.
 
 The builders (``data/<name>`` of the repository: ``tfds build data/<name> --file_format=array_record``) make
 them from the archives a user downloads; TFDS's own ``scene_parse150`` is a different release (instance PNGs)
@@ -23,6 +24,10 @@ DATASETS = {
                'ade20k'),
     'pascal_context': ('VOC2010 (VOCtrainval_03-May-2010.tar) and the 60-class Pascal Context label PNGs',
                        'pascal_context'),
+    # SPML's VOC 2012: splits 'train_aug' (10,582 = SBD train_aug, SPML's panoptic_train+ list) and 'val' (1,449);
+    # 21 classes, 255 void.
+    'voc2012_aug': ('VOC2012 (VOCtrainval_11-May-2012.tar) and SBD (benchmark.tgz, its .mat class maps)',
+                    'voc2012_aug'),
 }
 
 
