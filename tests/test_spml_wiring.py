@@ -99,8 +99,8 @@ def test_spml_finetune_trains_with_frozen_tables_and_reports_miou(trained):
 
 @pytest.mark.slow
 def test_the_evaluate_command_scores_the_run_folder_as_the_run(trained):
-  """Slow (~30 s more on a loaded CPU: the evaluation compiles again): python -m cast_jax.evaluate on the run
-  folder gives the same numbers as the run's last evaluation."""
+  """Slow (the evaluation compiles again: ~17 s CPU, 194 s wall on the loaded 2-core machine it was measured on):
+  python -m cast_jax.evaluate on the run folder gives the same numbers as the run's last evaluation."""
   workdir, _ = trained
   _, evaluations = evaluations_of(workdir)
   scalars, _ = evaluate_checkpoint(spml_test_config(), str(workdir), 'miou')
