@@ -14,7 +14,9 @@ from cast_jax.train.loop import model_spec
 from cast_jax.train.schedules import Schedule
 from conftest import REPO_ROOT
 
-CONFIGS = sorted(p.stem for p in (REPO_ROOT / 'configs').glob('*.py'))
+# Retrieval configs (``*_retrieval.py``) train nothing: they are the defaults of spml_retrieval_main
+# (tests/test_spml_wiring.py checks them).
+CONFIGS = sorted(p.stem for p in (REPO_ROOT / 'configs').glob('*.py') if not p.stem.endswith('_retrieval'))
 
 
 def load(name):
@@ -86,7 +88,7 @@ def test_evals_build_and_classifiers_score_the_whole_split(name, arg):
                                    classifier=config.trainer != 'moco')
   built = {ev.name: ev for ev in evaluators.build(config, context)}
   classifiers = [ev for ev in built.values() if ev.type_name == 'classifier']
-  assert bool(classifiers) == (config.trainer not in ('moco', 'segmentation'))
+  assert bool(classifiers) == (config.trainer not in ('moco', 'segmentation', 'spml_finetune'))
   assert all(ev.num_examples == -1 and ev.every_steps == config.eval_every_steps for ev in classifiers)
   assert [ev.options['ema'] for ev in classifiers] == ([False, True] if config.trainer == 'supervised' else
                                                       [False] * len(classifiers))
@@ -98,7 +100,10 @@ def test_evals_build_and_classifiers_score_the_whole_split(name, arg):
     if config.data.name == 'partworld':
       assert knn.num_examples == -1 and knn.options['num_classes'] == 8
       assert knn.options['num_train'] == (2048 if arg is None else 32)
-  assert ('hierarchy' in built) == (config.trainer not in ('linear_probe', 'segmentation'))
+  assert ('hierarchy' in built) == (config.trainer not in ('linear_probe', 'segmentation', 'spml_finetune'))
   # The Segmenter is scored by dense mIoU on the whole split, and only it.
   assert [ev.num_examples for ev in built.values() if ev.type_name == 'miou'] == (
       [-1] if config.trainer == 'segmentation' else [])
+  # SPML's fine-tuning by SPML's benchmark on the whole split, and only it.
+  assert [ev.num_examples for ev in built.values() if ev.type_name == 'spml_miou'] == (
+      [-1] if config.trainer == 'spml_finetune' else [])

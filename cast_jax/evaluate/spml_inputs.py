@@ -79,20 +79,21 @@ def restore_prediction(prediction: np.ndarray, original_hw: tuple[int, int]) -> 
   return resize(np.asarray(prediction, np.uint8), original_hw, nearest=True)
 
 
-def train_crop_superpixels(crop_uint8, num_superpixels: int = 1024, scale: float = 0.5,
+def train_crop_superpixels(crop, num_superpixels: int = 1024, scale: float = 0.5,
                            max_segments: Optional[int] = None) -> np.ndarray:
   """SPML's training superpixels (``SPixListDataset._generate_superpixels``, slic_scale_factor 0.5).
 
-  The [0, 1] crop goes back to uint8 with ``astype`` (truncation), is resized with INTER_LINEAR and
-  ``dsize=(int(H * scale), int(W * scale))`` -- OpenCV reads dsize as (width, height), so the map is
-  (int(W * scale), int(H * scale)): transposed in shape for a non-square crop, which the model then simply
-  uses -- and SEEDS runs on its Lab image (5 bins, 15 iterations, no wrap). Returns int32 ids.
+  crop: the (H, W, 3) crop as uint8 RGB, or as float in [0, 1] (what the augmentation produces: the rescaled,
+  mean-padded crop before normalisation). The [0, 1] crop goes back to uint8 with ``astype`` (truncation), is
+  resized with INTER_LINEAR and ``dsize=(int(H * scale), int(W * scale))`` -- OpenCV reads dsize as (width,
+  height), so the map is (int(W * scale), int(H * scale)): transposed in shape for a non-square crop, which the
+  model then simply uses -- and SEEDS runs on its Lab image (5 bins, 15 iterations, no wrap). Returns int32 ids.
   """
-  crop = np.asarray(crop_uint8)
-  if crop.dtype != np.uint8 or crop.ndim != 3:
-    raise ValueError(f'expected an (H, W, 3) uint8 crop; got {crop.dtype} {crop.shape}')
+  crop = np.asarray(crop)
+  if crop.ndim != 3 or crop.shape[-1] != 3 or not (crop.dtype == np.uint8 or np.issubdtype(crop.dtype, np.floating)):
+    raise ValueError(f'expected an (H, W, 3) crop, uint8 or float in [0, 1]; got {crop.dtype} {crop.shape}')
   height, width = crop.shape[:2]
-  as_float = crop.astype(np.float32) / np.float32(255)
+  as_float = crop.astype(np.float32) / np.float32(255) if crop.dtype == np.uint8 else crop.astype(np.float32)
   image = (as_float * 255).astype(np.uint8)
   small = cv2.resize(image, (int(height * scale), int(width * scale)), interpolation=cv2.INTER_LINEAR)
   return seeds_superpixels(small, spml_seeds_config(num_superpixels), max_segments=max_segments).astype(np.int32)

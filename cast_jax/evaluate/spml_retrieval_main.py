@@ -2,6 +2,8 @@ r"""SPML's segment retrieval as one command: build the memory from a list of lab
 
     python -m cast_jax.evaluate.spml_retrieval_main --checkpoint=checkpoint_0149.pth.tar --data_dir=VOC_ROOT \
         --memory_list=VOC_ROOT/train+.txt --query_list=VOC_ROOT/val.txt --num_classes=21
+    python -m cast_jax.evaluate.spml_retrieval_main --config=configs/spml_cast_s_voc_retrieval.py \
+        --checkpoint=checkpoint_0149.pth.tar --data_dir=VOC_ROOT   # the lists and settings from the config
 
 The published CAST-S COCO MoCo checkpoint at epoch 150 (``cast_jax.published`` 'moco_cast_small_coco_ep150',
 ``snapshots/moco/coco/cast_small/checkpoint_0149.pth.tar``) gives 38.4 mIoU on VOC 2012 val this way in the
@@ -76,12 +78,18 @@ def retrieval_spec(source, num_clusters: Optional[Sequence[int]], max_segments: 
                    image_size=image_size, max_segments=max_segments)
 
 
-def run(argv: Optional[Sequence[str]] = None) -> dict:
-  parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
-  parser.add_argument('--checkpoint', required=True, help='the cast_seg_pretrain MoCo checkpoint (.pth.tar/.npz)')
-  parser.add_argument('--data_dir', required=True)
-  parser.add_argument('--memory_list', required=True, help='SPML list of the memory images (train+ for VOC)')
-  parser.add_argument('--query_list', required=True, help='SPML list of the scored images (val for VOC)')
+REQUIRED = ('checkpoint', 'data_dir', 'memory_list', 'query_list')
+
+
+def make_parser() -> argparse.ArgumentParser:
+  parser = argparse.ArgumentParser(prog='python -m cast_jax.evaluate.spml_retrieval_main',
+                                   description=__doc__.split('\n\n')[0])
+  parser.add_argument('--config', default='', help='a retrieval config (configs/spml_*_retrieval.py[:test]); its '
+                      'fields are the defaults of the options below, which override them')
+  parser.add_argument('--checkpoint', default='', help='the cast_seg_pretrain MoCo checkpoint (.pth.tar/.npz)')
+  parser.add_argument('--data_dir', default='')
+  parser.add_argument('--memory_list', default='', help='SPML list of the memory images (train+ for VOC)')
+  parser.add_argument('--query_list', default='', help='SPML list of the scored images (val for VOC)')
   parser.add_argument('--num_classes', type=int, default=21)
   parser.add_argument('--test_image_size', type=int, default=512)
   parser.add_argument('--num_superpixels', type=int, default=1024)
@@ -89,7 +97,34 @@ def run(argv: Optional[Sequence[str]] = None) -> dict:
   parser.add_argument('--num_clusters', default='', help='comma-separated, default 320,160,80,40 (cast_small)')
   parser.add_argument('--top_k', type=int, default=20)
   parser.add_argument('--chunk', type=int, default=4096, help='memory rows per top-k step')
+  return parser
+
+
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+  """The options, with a ``--config`` file's fields as defaults; the four paths must be set one way or the
+  other (an error names the missing ones)."""
+  parser = make_parser()
+  known, _ = parser.parse_known_args(argv)
+  if known.config:
+    from cast_jax.train.config_lib import load_config_file  # pylint: disable=import-outside-toplevel
+
+    fields = dict(load_config_file(known.config).to_dict())
+    options = {action.dest for action in parser._actions}  # pylint: disable=protected-access
+    unknown = sorted(set(fields) - options)
+    if unknown:
+      parser.error(f'{known.config} has fields {unknown} that are not options of this command')
+    if isinstance(fields.get('num_clusters'), (tuple, list)):
+      fields['num_clusters'] = ','.join(str(c) for c in fields['num_clusters'])
+    parser.set_defaults(**fields)
   args = parser.parse_args(argv)
+  missing = [name for name in REQUIRED if not getattr(args, name)]
+  if missing:
+    parser.error(f'set {", ".join("--" + m for m in missing)} (on the command line or in the --config file)')
+  return args
+
+
+def run(argv: Optional[Sequence[str]] = None) -> dict:
+  args = parse_args(argv)
 
   from cast_jax import convert
   from cast_jax.evaluate import spml_retrieval as sr

@@ -6,12 +6,13 @@
         scalars, images = ev.run(state, step)   # keys are logged as ev.prefix + key
 
 Types: 'knn' (kNN top-1 of the features), 'classifier' (top-1 of the head, optionally of the weight EMA, with a
-best-so-far), 'hierarchy_pictures', 'miou' (a Segmenter's dataset-level mIoU). A new type registers itself with ``@register`` in a module imported below.
+best-so-far), 'hierarchy_pictures', 'miou' (a Segmenter's dataset-level mIoU), 'spml_miou'
+(an SPML fine-tuned model, SPML's benchmark). A new type registers itself with ``@register`` in a module imported below.
 """
 
 from __future__ import annotations
 
-from cast_jax.evaluators import classifier, knn, miou, pictures  # noqa: F401  (each registers its type)
+from cast_jax.evaluators import classifier, knn, miou, pictures, spml_miou  # noqa: F401  (each registers its type)
 from cast_jax.evaluators.base import REGISTRY, EvalContext, Evaluator, register, to_uint8, variables_of
 
 

@@ -16,6 +16,7 @@ import jax.numpy as jnp
 from cast_jax.models.cast import CAST
 from cast_jax.models.moco import MoCo
 from cast_jax.models.segmenter import SuperpixMaskTransformer, SuperpixSegmenter
+from cast_jax.models.spml import SPMLEmbedding
 from cast_jax.models.vit import ConvViT
 
 # embed_dim, per-stage depth (CAST) and heads of each size. The ViT baseline uses sum(depth) blocks.
@@ -79,6 +80,9 @@ class ModelSpec:
   decoder_heads: Optional[int] = None
   decoder_mlp_dim: Optional[int] = None
   decoder_dropout: float = 0.1
+  # SPML's fine-tuning model (SPML/spml/models: the cast_seg segmentation stage's per-pixel embeddings under a
+  # SoftmaxClassifier): spml_classes > 0 wraps a cast_seg encoder in ``SPMLEmbedding(num_classes=spml_classes)``.
+  spml_classes: int = 0
 
   def __post_init__(self):
     if self.kind not in KINDS:
@@ -94,6 +98,10 @@ class ModelSpec:
     if self.seg_classes and self.kind != 'cast_seg_deit':
       raise ValueError(f'the Segmenter decoder (seg_classes={self.seg_classes}) sits on a cast_seg_deit encoder, '
                        f'not {self.kind!r}; set kind=cast_seg_deit or seg_classes=0')
+    if self.spml_classes and (self.kind != 'cast_seg' or self.moco or self.seg_classes):
+      raise ValueError(f'SPML\'s classifier (spml_classes={self.spml_classes}) sits on a plain cast_seg encoder '
+                       f'(kind={self.kind!r}, moco={self.moco}, seg_classes={self.seg_classes}); set '
+                       "kind='cast_seg', moco=False, seg_classes=0, or spml_classes=0")
     for name in ('depth', 'num_clusters'):
       value = getattr(self, name)
       if value is not None:
@@ -161,12 +169,15 @@ def build_encoder(spec: ModelSpec, dtype: Any = None) -> nn.Module:
 
 
 def build_model(spec: ModelSpec, dtype: Any = None) -> nn.Module:
-  """The Flax module for ``spec``: an encoder, or MoCo(encoder) when ``spec.moco``."""
+  """The Flax module for ``spec``: an encoder, MoCo(encoder) when ``spec.moco``, the Segmenter when
+  ``spec.seg_classes``, SPML's embedding model with its SoftmaxClassifier when ``spec.spml_classes``."""
   encoder = build_encoder(spec, dtype)
   if spec.seg_classes:
     decoder = SuperpixMaskTransformer(n_cls=spec.seg_classes, dropout=spec.decoder_dropout, dtype=dtype,
                                       **spec.decoder_size())
     return SuperpixSegmenter(encoder=encoder, decoder=decoder)
+  if spec.spml_classes:
+    return SPMLEmbedding(encoder=encoder, num_classes=spec.spml_classes, dtype=dtype)
   if spec.moco:
     return MoCo(encoder=encoder, dim=spec.moco_dim, mlp_dim=spec.moco_mlp_dim, dtype=dtype)
   return encoder

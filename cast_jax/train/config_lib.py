@@ -184,6 +184,46 @@ def segmenter_defaults(dataset: str = 'ade20k') -> ml_collections.ConfigDict:
   return c
 
 
+def spml_defaults() -> ml_collections.ConfigDict:
+  """SPML fine-tuning CAST-S on Pascal VOC 2012 (``scripts/spml/finetune_cast.sh``; spec ``voc_parts_notebooks``
+  section 2.3): ``cast_seg`` segmentation stage (image_size 512: the 64x64 sin-cos grid, clusters 320/160/80/40,
+  1024 token slots) under the SoftmaxClassifier (21 classes); 30,000 updates of batch 16 (4 GPUs x 4), seed 235;
+  SPML's SGD (base lr 3e-3, momentum 0.9, coupled weight decay 1e-4, groups x1 / x2 / x10 / x20) on ``lr_poly``
+  (power 0.9, 100 warm-up steps); crop 512, rescale 0.5-1.5, flip, superpixels (SEEDS 1024) on the half-size
+  crop. The loss is the original's mean of 4 per-GPU means (``loss_reduction='per_group_mean'``,
+  ``loss_groups=4``; 'global' is the plain mean over the batch's valid pixels). Evaluation: ``spml_miou``
+  (SEEDS 1024 at the original resolution, max side 512, argmax, nearest back; SPML's benchmark).
+  """
+  c = moco_defaults()
+  c.trainer = 'spml_finetune'
+  c.seed = 235  # torch.manual_seed(235) in train_softmax.py
+  c.model.update(kind='cast_seg', moco=False, image_size=512, max_segments=1024, drop_path_rate=0.0)
+  c.model.spml_classes = 21
+  c.data = ml_collections.ConfigDict(dict(
+      name='voc_sbd', data_dir='', train_split='train_aug', eval_split='validation', crop_size=512,
+      scale_range=(0.5, 1.5), num_superpixels=1024, superpixel_scale=0.5, test_image_size=512, num_workers=8,
+      read_threads=ml_collections.FieldReference(None, field_type=int),
+      # Only for the built-in 'partworld_segmentation' dataset:
+      num_train_examples=0, num_eval_examples=0, source_image_size=224, seed=0, seg_labels='objects'))
+  c.batch_size = 16  # 4 per GPU x 4 GPUs
+  c.total_steps = 30000  # max_iteration; 661 steps per epoch of train_aug (10,582 images): ~45 epochs
+  c.num_epochs = 46  # unused while total_steps is set
+  c.warmup_epochs = 0
+  c.warmup_steps = 100  # lr_poly's warmup_iteration
+  c.base_lr = 3e-3
+  c.momentum = 0.9
+  c.weight_decay = 1e-4
+  c.loss_reduction = 'per_group_mean'  # the original's mean of per-GPU means; or 'global'
+  c.loss_groups = 4  # the original's GPUs (batch_size must be a multiple)
+  c.partial_last_batch = False  # the original's iterator restarts before an epoch's short batch
+  c.eval_batch_size = 1  # images of one prepared size are batched; VOC's sizes vary
+  c.eval_every_steps = 0
+  c.evals = ml_collections.ConfigDict(dict(miou=eval_entry('spml_miou')))
+  c.evals.miou.every_steps = 10000  # and the last step (the original scores its final snapshot)
+  c.checkpoint_every_steps = 2000
+  return c
+
+
 def use_demo_model_and_data(c: ml_collections.ConfigDict, superpixels: str = 'moco') -> ml_collections.ConfigDict:
   """The demo's small CAST (96 wide, 2-2-2-1 blocks, 64 px) on PartWorld, shared by demo, deit_demo and
   lincls_demo so that a probe or a comparison always sees the model and data the demo trained."""
@@ -228,6 +268,8 @@ def shrink_for_test(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   c.eval_at_start = False  # tests that want the step-0 evaluation ask for it
   if c.trainer == 'segmentation':
     _shrink_segmentation(c)
+  if c.trainer == 'spml_finetune':
+    _shrink_spml(c)
   return c
 
 
@@ -246,6 +288,19 @@ def _shrink_segmentation(c: ml_collections.ConfigDict) -> None:
   c.evals.miou.update(num_examples=-1)
 
 
+def _shrink_spml(c: ml_collections.ConfigDict) -> None:
+  """SPML's ``:test``: PartWorld object maps (9 classes) of 48 images, 6 steps of 8 (3 warmed up), 64 px crops
+  with 32x32 superpixel maps (SEEDS asked for 36: 25 superpixels), the loss as the mean of 4 group means, and
+  ``spml_miou`` on 6 validation images (batches of 4)."""
+  c.model.update(kind='cast_seg', moco=False, spml_classes=9)
+  c.data.update(name='partworld_segmentation', seg_labels='objects', num_train_examples=48, num_eval_examples=6,
+                crop_size=64, scale_range=(0.5, 1.5), num_superpixels=36, superpixel_scale=0.5, test_image_size=64)
+  c.warmup_steps = 3
+  c.loss_reduction, c.loss_groups = 'per_group_mean', 4
+  c.eval_batch_size = 4
+  c.evals.miou.update(num_examples=-1)
+
+
 def finalize(c: ml_collections.ConfigDict, arg) -> ml_collections.ConfigDict:
   """Applies ``:test``; any other argument is an error (say what is accepted)."""
   if arg in (None, ''):
@@ -253,6 +308,14 @@ def finalize(c: ml_collections.ConfigDict, arg) -> ml_collections.ConfigDict:
   if arg == 'test':
     return shrink_for_test(c)
   raise ValueError(f'unknown config argument {arg!r}; the only one is ":test"')
+
+
+def finalize_retrieval(c: ml_collections.ConfigDict, arg) -> ml_collections.ConfigDict:
+  """A retrieval config (``spml_retrieval_main --config``) has no ``:test`` form: it trains nothing and its
+  sizes come from the checkpoint; any argument is an error."""
+  if arg in (None, ''):
+    return c
+  raise ValueError(f'unknown config argument {arg!r}; a retrieval config takes none (it has no ":test" form)')
 
 
 def load_config_file(path_and_arg) -> ml_collections.ConfigDict:

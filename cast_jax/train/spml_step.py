@@ -4,7 +4,7 @@ One update: forward in train mode (BatchNorm batch statistics, running statistic
 SoftmaxClassifier's loss (``spml_loss``), gradients, then SPML's SGD (``optim.spml_sgd_groups``: the lr folded
 into the momentum buffer, coupled L2) over its four groups on ``lr_poly``. The sin-cos position tables and
 ``cls_token`` (in no group in the original: it gets a gradient but never moves) are not trainable.
-Not wired into the training loop here; the functions are pure and jit as they are.
+The functions are pure and jit as they are; ``spml_finetune.SPMLObjective`` runs them on the training loop.
 """
 
 from __future__ import annotations

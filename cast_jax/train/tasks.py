@@ -3,7 +3,8 @@
 ``loop.train_and_evaluate`` runs any task with the same mesh, checkpointing, metrics and evaluation.
 
 Three words, one meaning each, used the same way in code, configs and docs:
-  trainer    the name a config picks (``config.trainer``: 'moco', 'supervised', 'linear_probe', 'segmentation');
+  trainer    the name a config picks (``config.trainer``: 'moco', 'supervised', 'linear_probe', 'segmentation',
+             'spml_finetune');
   task       what ``TASKS[trainer]`` builds for one run: the objective, the optimizer and schedule, the input
              pipeline and the checkpoints it may start from (a ``Task``);
   objective  the loss and its jitted step (``init_state`` / ``train_step``), e.g. ``MoCoObjective``.
@@ -19,10 +20,10 @@ import jax
 import numpy as np
 
 from cast_jax import loading
-from cast_jax.data import recipes, segmentation as segmentation_data, supervised as supervised_data
+from cast_jax.data import recipes, segmentation as segmentation_data, spml as spml_data, supervised as supervised_data
 from cast_jax.models.variants import ModelSpec
 from cast_jax.superpixels import compute_superpixels, preset
-from cast_jax.train import inputs, optim, schedules, segmentation
+from cast_jax.train import inputs, optim, schedules, segmentation, spml_finetune
 from cast_jax.train.moco import BATCH_KEYS as MOCO_BATCH_KEYS, MoCoObjective
 from cast_jax.train.supervised import SupervisedObjective
 
@@ -169,6 +170,40 @@ def segmentation_task(config, spec: ModelSpec, model, params, schedule: schedule
   return Task(objective, ('image', 'superpixels', 'label_map'), make_iterator, trainable_labels=labels)
 
 
+def spml_train_recipe(data, spec: ModelSpec) -> spml_data.SPMLTrain:
+  """SPML's augmentation (``data.spml.SPMLTrain``) with the data block's crop, scales and superpixel count."""
+  return spml_data.SPMLTrain(crop_size=data.crop_size, scale_range=tuple(data.scale_range),
+                             num_superpixels=data.num_superpixels, superpixel_scale=data.superpixel_scale,
+                             max_segments=spec.max_segments, num_classes=spec.spml_classes)
+
+
+def spml_finetune_task(config, spec: ModelSpec, model, params, schedule: schedules.Schedule) -> Task:
+  """SPML's fine-tuning (``train_softmax.py``, ``train.spml_finetune``): cross-entropy (255 and ids >= n_cls
+  ignored) on the classifier's logits bilinearly upsampled to the crop, reduced as ``config.loss_reduction``
+  ('per_group_mean' over ``config.loss_groups``: the original's mean of 4 per-GPU means; 'global': the mean over
+  every valid pixel); SPML's SGD (lr folded into the momentum buffer, coupled L2 ``weight_decay``, groups x1 / x2 /
+  x10 / x20; ``cls_token`` and the position tables frozen) on ``lr_poly`` (power 0.9 over ``total_steps``, the
+  first ``config.warmup_steps`` warmed up). Train-mode BatchNorm sees the whole global batch (SyncBN). Each epoch's
+  short last batch is dropped, as the original's iterator restarts before it.
+  """
+  if not spec.spml_classes:
+    raise ValueError("the spml_finetune trainer needs config.model.spml_classes > 0 (SPML's SoftmaxClassifier) and "
+                     "config.model.kind='cast_seg'")
+  reduction, groups = config.loss_reduction, int(config.loss_groups)
+  spml_finetune.check_reduction(reduction, groups, config.batch_size)
+  objective = spml_finetune.make_objective(model, params, spec, base_lr=config.base_lr,
+                                           max_iteration=schedule.total_steps, warmup_iteration=config.warmup_steps,
+                                           weight_decay=config.weight_decay, momentum=config.momentum,
+                                           reduction=reduction, groups=groups)
+  data = config.data
+
+  def make_iterator(local_batch, index, count):
+    return inputs.train_iterator(data, spml_train_recipe(data, spec), local_batch, config.seed, index, count)
+
+  return Task(objective, ('image', 'superpixels', 'label_map'), make_iterator,
+              trainable_labels=spml_finetune.trainable_labels(params, spec))
+
+
 def probe_head_init(variables, seed: int = 0):
   """MoCo-v3's probe head (``main_lincls``): weight N(0, 0.01), bias 0."""
   head = variables['params']['head']
@@ -185,13 +220,18 @@ def start_rules(config, spec: ModelSpec) -> tuple[tuple[loading.StartRules, ...]
   checkpoint of the same kind, every leaf. linear_probe: the same kind, MoCo (its query encoder) or not; the
   ``head`` stays fresh with MoCo-v3's N(0, 0.01). segmentation: a Segmenter of the same kind and classes, every
   leaf, or an encoder checkpoint (the DeiT ``cast_deit``) into the encoder with a fresh decoder
-  (``segmentation.start_segmenter``). Every trainer also accepts the original's cross-kind starts
+  (``segmentation.start_segmenter``). spml_finetune: an SPML checkpoint of the same kind and classes, or the COCO
+  MoCo ``cast_seg_pretrain`` (or a plain ``cast_seg``) into the encoder with a fresh classifier
+  (``spml_finetune.start_spml``). Every trainer also accepts the original's cross-kind starts
   into its model kind (``loading.CROSS_KIND``: cast_deit -> cast_seg_deit, cast_seg_pretrain -> cast_seg).
   """
   cross = tuple(make() for (_, target), make in loading.CROSS_KIND.items() if target == spec.kind)
   if config.trainer == 'segmentation':
     return (loading.StartRules(kinds=(spec.kind,), moco=False, why='a Segmenter checkpoint continues'),) + cross, \
         False
+  if config.trainer == 'spml_finetune':
+    return (loading.StartRules(kinds=(spec.kind,), moco=False, why='an SPML fine-tuning checkpoint continues'),) + \
+        cross, False
   if config.trainer == 'moco':
     return (loading.StartRules(kinds=(spec.kind,), moco=True, why='MoCo continues from a MoCo model'),) + cross, False
   if config.trainer == 'linear_probe':
@@ -220,6 +260,14 @@ def starting_variables(config, spec: ModelSpec, fresh) -> dict[str, Any]:
     if jax.process_index() == 0:
       print(f'initialised the encoder from {config.init_checkpoint}; kept fresh: {kept}', flush=True)
     return variables
+  if config.trainer == 'spml_finetune' and not source.spml_classes:
+    # SPML's start: an encoder (the COCO MoCo cast_seg_pretrain) under a fresh SoftmaxClassifier.
+    loading.choose_rules(rules, source, str(config.init_checkpoint))
+    variables, kept = spml_finetune.start_spml(fresh, spec, source, loaded, seed=config.seed,
+                                               path=str(config.init_checkpoint))
+    if jax.process_index() == 0:
+      print(f'initialised the encoder from {config.init_checkpoint}; kept fresh: {kept}', flush=True)
+    return variables
   chosen = loading.choose_rules(rules, source, str(config.init_checkpoint))
   variables, kept = loading.start_from(fresh, spec, source, loaded, chosen, seed=config.seed,
                                        path=str(config.init_checkpoint))
@@ -229,9 +277,9 @@ def starting_variables(config, spec: ModelSpec, fresh) -> dict[str, Any]:
 
 
 # Trainers whose original drops each epoch's short last batch (their objectives take no ``mask``).
-DROP_LAST = ('moco', 'supervised', 'linear_probe')
+DROP_LAST = ('moco', 'supervised', 'linear_probe', 'spml_finetune')
 TASKS = {'moco': moco_task, 'supervised': supervised_task, 'linear_probe': linear_probe_task,
-         'segmentation': segmentation_task}
+         'segmentation': segmentation_task, 'spml_finetune': spml_finetune_task}
 
 
 def build_task(config, spec, model, params, schedule: schedules.Schedule) -> Task:
