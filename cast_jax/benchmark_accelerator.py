@@ -113,7 +113,7 @@ class Built:
   device_batch: dict  # one batch of the pipeline, on the device
 
 
-class Objective:
+class StepBuilder:
   """Builds one objective's steps, sharing what does not depend on the dtype, batch or superpixel path: the
   initial variables (parameters are float32 in every compute dtype) and the compiled ``init_state``. Compiles
   dominate a CPU run, so each program is compiled once."""
@@ -149,7 +149,7 @@ class Objective:
     start = time.perf_counter()
     compiled = step.lower(state, device_batch).compile()
     built = Built(config, task, state, compiled, time.perf_counter() - start, device_batch)
-    self._built[key] = built
+    self._built[key] = dataclasses.replace(built, state=None)  # the cache holds no state: device memory
     return built
 
 
@@ -184,7 +184,7 @@ def _is_oom(error: Exception) -> bool:
   return 'RESOURCE_EXHAUSTED' in text or 'Out of memory' in text or 'out of memory' in text
 
 
-def measure_step(objective: Objective, dtype: str, batch: int, args) -> dict:
+def measure_step(objective: StepBuilder, dtype: str, batch: int, args) -> dict:
   """The step on a device-resident batch (one real batch of the pipeline, repeated): one warm-up step, then
   ``repeats`` timed steps."""
   built = objective.build(dtype, batch)
@@ -206,7 +206,7 @@ def measure_step(objective: Objective, dtype: str, batch: int, args) -> dict:
           **_memory(built.compiled), **_environment()}
 
 
-def measure_end_to_end(objective: Objective, dtype: str, batch: int, on_device: bool, args) -> dict:
+def measure_end_to_end(objective: StepBuilder, dtype: str, batch: int, on_device: bool, args) -> dict:
   """Images/s of pipeline + step together: ``--end-to-end-steps`` timed steps after two warm-up steps (the
   workers' start-up and what they buffered meanwhile)."""
   from cast_jax.train import sharding  # pylint: disable=import-outside-toplevel
@@ -251,7 +251,7 @@ def _environment() -> dict:
           'jax': jax.__version__}
 
 
-def batches_to_try(objective: Objective, dtype: str, args) -> list[int]:
+def batches_to_try(objective: StepBuilder, dtype: str, args) -> list[int]:
   """``--batch``; 4 in ``--tiny``; on a device reporting its memory limit, the fitting candidates (largest
   first, from XLA's memory estimate at ``PROBE_BATCH``); else 32."""
   if args.batch:
@@ -270,7 +270,7 @@ def batches_to_try(objective: Objective, dtype: str, args) -> list[int]:
 def run(args) -> Iterator[dict]:
   """Every measurement of ``--accelerator``, one dict each as it is made (``benchmark.main`` prints JSON lines)."""
   for name in args.objectives:
-    objective = Objective(name, args.tiny)
+    objective = StepBuilder(name, args.tiny)
     chosen = None
     for dtype in args.dtypes:
       for batch in batches_to_try(objective, dtype, args):
