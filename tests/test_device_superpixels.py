@@ -44,7 +44,7 @@ def build(config):
 
 def test_moco_step_feeds_the_model_jax_slic_of_the_uint8_views():
   config = on_device_config()
-  spec, task, variables = build(config)
+  _, task, variables = build(config)
   assert task.batch_keys == ('view1', 'view2')
   assert isinstance(task.objective, device_superpixels.OnDeviceSuperpixels)
   batch = next(task.make_iterator(4, 0, 1))
