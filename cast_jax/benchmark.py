@@ -19,6 +19,11 @@ Measurements (``--only`` picks some):
     with 1 and 2 grain worker processes of one recipe thread each: images per second over
     ``--pipeline-batches`` batches, timed after worker start-up and after what the workers could buffer.
 
+accelerator (``--accelerator``, not part of "everything"): the MoCo and supervised train steps of CAST-S at 224 px
+    in float32 and bfloat16 on the jax device present: images/s, step time, peak memory, model-FLOPs utilisation,
+    and end-to-end images/s with SEEDS on the host vs on-device superpixels (``cast_jax.benchmark_accelerator``;
+    ``--tiny`` for CPU CI).
+
 Weights are random (speed does not depend on them) and superpixels are a regular 14x14 grid of 16 px cells,
 so every one of the 196 token slots is used, as with SEEDS at 224 px.
 """
@@ -37,6 +42,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from cast_jax import benchmark_accelerator
 from cast_jax.models import ModelSpec, build_model
 from cast_jax.models.variants import compute_dtype
 
@@ -280,7 +286,8 @@ def main(argv=None) -> int:
   parser = argparse.ArgumentParser(prog='python -m cast_jax.benchmark', description=__doc__.split('\n\n')[0])
   parser.add_argument('--only', choices=sorted(BENCHMARKS), action='append', help='run only these (repeatable)')
   parser.add_argument('--variant', default='small')
-  parser.add_argument('--batch', type=int, default=32)
+  parser.add_argument('--batch', type=int, default=None,
+                      help='default 32; with --accelerator: the largest that fits (see benchmark_accelerator)')
   parser.add_argument('--image-size', type=int, default=224)
   parser.add_argument('--superpixels', type=int, default=196)
   parser.add_argument('--repeats', type=int, default=5)
@@ -288,7 +295,17 @@ def main(argv=None) -> int:
   parser.add_argument('--pipeline-batches', type=int, default=6, help='batches per pipeline measurement')
   parser.add_argument('--superpixel-batch', type=int, default=256,
                       help='images per jitted jax_slic call in the superpixels measurement (smaller for CI)')
+  benchmark_accelerator.add_arguments(parser)
   args = parser.parse_args(argv)
+  if args.accelerator:
+    if args.only:
+      parser.error('--accelerator runs its own measurements; drop --only')
+    benchmark_accelerator.finish_arguments(args)
+    for result in benchmark_accelerator.run(args):
+      print(json.dumps(result), flush=True)
+    return 0
+  if args.batch is None:
+    args.batch = 32
   for name in args.only or list(BENCHMARKS):
     for result in BENCHMARKS[name](args):
       print(json.dumps(result), flush=True)

@@ -21,3 +21,68 @@ def test_matmul_ceiling():
 def test_grid_superpixels_must_be_square():
   with pytest.raises(ValueError, match='square number'):
     benchmark.bench_train_step('small', batch=2, image_size=64, num_superpixels=66, repeats=1, dtype='float32')
+
+
+# ``--accelerator``: the peaks table, the utilisation, the batch choice, and the tiny mode CPU CI runs.
+
+from cast_jax import benchmark_accelerator as accel  # noqa: E402
+
+
+def test_known_peaks_and_the_override():
+  assert accel.device_peak('NVIDIA H100 80GB HBM3', 'bfloat16') == (989.4, 'H100 SXM bf16 dense')
+  assert accel.device_peak('NVIDIA H100 PCIe', 'float32') == (378.0, 'H100 PCIe TF32 dense')
+  assert accel.device_peak('NVIDIA H200', 'bfloat16')[0] == 989.4
+  assert accel.device_peak('NVIDIA A100-SXM4-80GB', 'float32')[0] == 156.0
+  assert accel.device_peak('TPU v4', 'bfloat16')[0] == 275.0
+  assert accel.device_peak('TPU v5 lite', 'bfloat16')[0] == 197.0
+  peak, basis = accel.device_peak('cpu', 'float32')
+  assert peak is None and basis.startswith('n/a') and '--peak-tflops' in basis
+  assert accel.device_peak('cpu', 'float32', override_tflops=2.5) == (2.5, 'given by --peak-tflops')
+
+
+def test_mfu_is_flops_over_time_over_peak():
+  assert accel.mfu(4e12, 0.01, 1000.0) == 40.0  # 400 TFLOP/s of 1000
+  assert accel.mfu(None, 0.01, 1000.0) is None and accel.mfu(4e12, 0.01, None) is None
+
+
+def test_batch_choice_extrapolates_the_memory_estimate():
+  # 10 GB fixed, 1 GB per 16 examples at the probe: 128 needs 18 GB, 192 needs 22 GB (> 0.85 * 24 = 20.4).
+  gib = 2**30
+  assert accel.choose_batch(16, 11 * gib, 10 * gib, 24 * gib)[:2] == [128, 96]
+  assert accel.choose_batch(16, 11 * gib, 10 * gib, 5 * gib) == [8]  # nothing fits: the smallest is tried
+
+
+def run_main(argv, capsys) -> list[dict]:
+  import json  # pylint: disable=import-outside-toplevel
+
+  assert benchmark.main(argv) == 0
+  return [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+
+
+def test_accelerator_tiny_moco_float32(capsys):
+  """What CPU CI runs: the tiny MoCo step, then end to end with SEEDS on the host and with jax_slic on device."""
+  step, seeds, device = run_main(['--accelerator', '--tiny', '--objectives', 'moco', '--dtypes', 'float32'], capsys)
+  assert step['name'] == 'accelerator_step' and step['objective'] == 'moco' and step['batch'] == 4
+  assert step['image_size'] == 64 and step['dtype'] == 'float32' and step['loss_finite'] is True
+  assert step['images_per_s'] > 0 and step['step_s'] > 0 and step['tflops_per_step'] > 0
+  assert step['mfu_percent'] == 'n/a' and step['peak_tflops_assumed'] == 'n/a'  # a CPU has no known peak
+  assert step['program_peak_mb'] > 0 and step['device_peak_mb'] == 'n/a'  # the CPU keeps no memory_stats
+  assert seeds['name'] == device['name'] == 'accelerator_end_to_end'
+  assert seeds['superpixels'].startswith('SEEDS on host') and device['superpixels'] == 'jax_slic on device'
+  assert seeds['images_per_s'] > 0 and device['images_per_s'] > 0
+  assert seeds['compile_s'] == step['compile_s'], 'the SEEDS run reuses the measured step'
+
+
+@pytest.mark.slow
+def test_accelerator_tiny_both_objectives_both_dtypes_with_given_peak(capsys):
+  results = run_main(['--accelerator', '--tiny', '--peak-tflops', '1'], capsys)
+  steps = [r for r in results if r['name'] == 'accelerator_step']
+  assert [(r['objective'], r['dtype']) for r in steps] == [
+      ('moco', 'float32'), ('moco', 'bfloat16'), ('supervised', 'float32'), ('supervised', 'bfloat16')]
+  for r in steps:
+    assert r['loss_finite'] and r['peak_tflops_assumed'] == 1.0 and r['peak_basis'] == 'given by --peak-tflops'
+    assert 0 < r['mfu_percent'] < 100
+  ends = [(r['objective'], r['dtype'], r['superpixels'] == 'jax_slic on device') for r in results
+          if r['name'] == 'accelerator_end_to_end']
+  assert ends == [('moco', 'bfloat16', False), ('moco', 'bfloat16', True), ('supervised', 'bfloat16', False),
+                  ('supervised', 'bfloat16', True)]

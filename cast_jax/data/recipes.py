@@ -12,14 +12,15 @@ augmentation) lives in ``cast_jax.data.supervised``, the Segmenter's mmseg recip
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 import numpy as np
 from PIL import Image
 
 from cast_jax.data import augment
 
-SuperpixelFn = Callable[[np.ndarray], np.ndarray]
+# None: on-device superpixels (``cast_jax.train.device_superpixels``), the recipe emits pixels, no maps.
+SuperpixelFn = Optional[Callable[[np.ndarray], np.ndarray]]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,6 +75,9 @@ class MoCoTwoViews:
 
   ``shared_geometry`` (not in the original) crops both views with one box and one flip, so they differ only in
   appearance: with two renderings of one scene, what the views share is then exactly the scene's geometry.
+
+  ``superpixel_fn=None`` (on-device superpixels, ``train.device_superpixels``): 'view1', 'view2' are the uint8
+  (S, S, 3) pixels and no maps are emitted.
   """
 
   superpixel_fn: SuperpixelFn
@@ -90,6 +94,9 @@ class MoCoTwoViews:
       geometry = self.view1.draw_geometry(width, height, rng)
     for name, view in (('1', self.view1), ('2', self.view2)):
       pixels = view(Image.fromarray(images[name]), rng, geometry)
+      if self.superpixel_fn is None:  # on-device superpixels: the step normalises and segments the pixels
+        out['view' + name] = pixels
+        continue
       out['superpixels' + name] = self.superpixel_fn(pixels)
       out['view' + name] = augment.normalize(pixels)
     return out
@@ -97,7 +104,8 @@ class MoCoTwoViews:
 
 @dataclasses.dataclass(frozen=True)
 class LinearProbeTrain:
-  """``RandomResizedCrop(224)`` + flip (main_lincls): 'image' float32, 'superpixels' int32, 'label'."""
+  """``RandomResizedCrop(224)`` + flip (main_lincls): 'image' float32, 'superpixels' int32, 'label'
+  (``superpixel_fn=None``: 'image' uint8 pixels and no map, for on-device superpixels)."""
 
   superpixel_fn: SuperpixelFn
   size: int = 224
@@ -107,13 +115,18 @@ class LinearProbeTrain:
     if rng.random() < 0.5:
       img = augment.hflip(img)
     pixels = np.asarray(img, np.uint8)
+    if self.superpixel_fn is None:  # on-device superpixels: uint8 'image', no map
+      return {'image': pixels, 'label': np.int32(example.get('label', -1))}
     return {'image': augment.normalize(pixels), 'superpixels': self.superpixel_fn(pixels),
             'label': np.int32(example.get('label', -1))}
 
 
 @dataclasses.dataclass(frozen=True)
 class CenterCropEval:
-  """Evaluation: resize the shorter side to ``resize`` then centre-crop ``size`` (256 / 224)."""
+  """Evaluation: resize the shorter side to ``resize`` then centre-crop ``size`` (256 / 224).
+
+  ``superpixel_fn=None`` (on-device superpixels): 'image' is the uint8 crop, plus 'superpixel_pixels' (uint8)
+  when the map is made from ``seeds_input`` of the normalised crop."""
 
   superpixel_fn: SuperpixelFn
   size: int = 224
@@ -130,5 +143,10 @@ class CenterCropEval:
     pixels = np.asarray(img, np.uint8)
     image = augment.normalize(pixels)
     seeds_pixels = augment.seeds_input(image) if self.superpixels_from_normalized else pixels
+    if self.superpixel_fn is None:  # on-device superpixels: uint8 'image', and the map's pixels if they differ
+      out = {'image': pixels, 'label': np.int32(example.get('label', -1))}
+      if self.superpixels_from_normalized:
+        out['superpixel_pixels'] = seeds_pixels
+      return out
     return {'image': image, 'superpixels': self.superpixel_fn(seeds_pixels),
             'label': np.int32(example.get('label', -1))}

@@ -106,7 +106,8 @@ class SupervisedTrain:
   'image' float32 (S, S, 3) normalized, 'superpixels' int32 (S, S), 'label' int32.
 
   Superpixels come from ``seeds_input`` of the final (erased) image, as in the original
-  (docs/original_behaviour.md#deit-superpixels).
+  (docs/original_behaviour.md#deit-superpixels). ``superpixel_fn=None`` (on-device superpixels): no map, and
+  'superpixel_pixels' uint8 (S, S, 3) = ``seeds_input`` of the erased image instead, which Mixup leaves alone.
   ``randaugment=None`` or ``erasing_prob=0`` switch those stages off (tests, ablations); ``crop_scale`` is the
   RandomResizedCrop area range.
   """
@@ -125,6 +126,8 @@ class SupervisedTrain:
       img = self.randaugment(img, rng)
     image = augment.normalize(np.asarray(img, np.uint8))
     image = random_erasing(image, rng, self.erasing_prob)
+    if self.superpixel_fn is None:  # on-device superpixels: the pixels SEEDS would have seen, no map
+      return {'image': image, 'superpixel_pixels': seeds_input(image), 'label': np.int32(example.get('label', -1))}
     return {'image': image, 'superpixels': np.asarray(self.superpixel_fn(seeds_input(image)), np.int32),
             'label': np.int32(example.get('label', -1))}
 

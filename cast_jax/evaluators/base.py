@@ -27,10 +27,12 @@ from typing import Any, Callable, ClassVar, Iterator, Mapping
 import jax
 import numpy as np
 from jax.experimental import multihost_utils
+from jax.sharding import PartitionSpec as P
 
 from cast_jax.data.augment import IMAGENET_MEAN, IMAGENET_STD
 from cast_jax.models.hierarchy import encoder_forward
-from cast_jax.train import inputs, sharding
+from cast_jax.models.variants import ModelSpec
+from cast_jax.train import device_superpixels, inputs, sharding
 
 GENERIC_OPTIONS = ('type', 'prefix', 'every_steps', 'split', 'num_examples', 'batch_size')
 
@@ -68,6 +70,20 @@ class EvalContext:
   def forward(self) -> Callable:
     """(variables, images (B, H, W, 3), superpixels (B, H, W)) -> encoder_forward's dict, batch-sharded."""
     return jax.jit(encoder_forward(self.model, self.uses_superpixels),
+                   out_shardings=sharding.batch_sharding(self.mesh))
+
+  @functools.cached_property
+  def superpixels_on_device(self) -> bool:
+    """Whether the batches carry pixels and the maps are made on the device (``data.superpixels_on_device``)."""
+    return device_superpixels.enabled(self.config, self.uses_superpixels)
+
+  @functools.cached_property
+  def prepare(self) -> Callable:
+    """On-device superpixels: a pixel batch -> {'image': normalised, 'superpixels': jax_slic maps}, jitted,
+    batch-sharded (``device_superpixels.prepare``), capped at the model's token slots."""
+    max_segments = ModelSpec.from_config(self.config.model.to_dict()).max_segments
+    superpixels = device_superpixels.superpixel_fn(self.config.data, max_segments)
+    return jax.jit(lambda batch: device_superpixels.prepare(batch, superpixels),
                    out_shardings=sharding.batch_sharding(self.mesh))
 
 
@@ -154,8 +170,17 @@ def evaluation_pass(context: EvalContext, variables, split: str, num_examples: i
   batches = inputs.eval_batches(context.config.data, split, local, num_examples, jax.process_index(),
                                 jax.process_count(), context.uses_superpixels)
   for batch in batches:
-    device_batch = sharding.global_batch({'image': batch['image'], 'superpixels': batch['superpixels']},
-                                         context.mesh)
+    if context.superpixels_on_device:
+      # Pixels in, maps made on the device; the host batch gets the normalised images and the maps back (this
+      # process's rows), so that evaluators drawing pictures see what the model saw.
+      keys = [k for k in ('image', device_superpixels.PIXELS_KEY) if k in batch]
+      device_batch = context.prepare(sharding.global_batch({k: batch[k] for k in keys}, context.mesh))
+      local = multihost_utils.global_array_to_host_local_array(device_batch, context.mesh, P(sharding.DATA_AXES))
+      batch = {k: v for k, v in batch.items() if k != device_superpixels.PIXELS_KEY}
+      batch.update({k: np.asarray(v) for k, v in local.items()})
+    else:
+      device_batch = sharding.global_batch({'image': batch['image'], 'superpixels': batch['superpixels']},
+                                           context.mesh)
     out = context.forward(variables, device_batch['image'], device_batch['superpixels'])
     wanted = {key: (out[key] if key in out else batch[key]) for key in gather}
     wanted['mask'] = batch['mask']

@@ -33,10 +33,10 @@ Two ways to use it:
 
 * On the host, like SEEDS: ``data.superpixels='jax_slic'`` (preset ``jax_slic``; ``superpixel_overrides`` as for
   the others) makes ``compute_superpixels`` call the jitted function on each view, in the recipe's process.
-* On the device, inside a jitted train step (``device_superpixel_fn``): the recipes then only decode, augment and
-  normalise (their superpixel_fn can be ``inputs._no_superpixels``-like), and the step computes the maps from the
-  normalised views it already holds. Not wired into the trainers yet: the knob proposed for the config is
-  ``data.superpixels_on_device = True`` with ``data.superpixels = 'jax_slic'``.
+* On the device, inside the jitted train step and evaluation forward: ``data.superpixels_on_device = True`` with
+  ``data.superpixels = 'jax_slic'`` (``cast_jax.train.device_superpixels``: the recipes then only decode and
+  augment, shipping uint8 pixels, and ``slic_batch`` runs on them in the step). ``device_superpixel_fn`` does the
+  same from normalised views.
 """
 
 from __future__ import annotations

@@ -44,6 +44,9 @@ def moco_defaults() -> ml_collections.ConfigDict:
       name='imagenet2012', data_dir='', path='', train_split='train', eval_split='validation',
       image_size=224, crop_scale=(0.08, 1.0), eval_resize_ratio=256 / 224, superpixels='moco',
       superpixel_overrides={}, num_workers=8, read_threads=ml_collections.FieldReference(None, field_type=int),
+      # True (with superpixels='jax_slic'): the host only decodes and augments, the jitted step and evaluation
+      # forward make the maps (cast_jax.train.device_superpixels).
+      superpixels_on_device=False,
       # Only for the built-in 'partworld' dataset:
       num_train_examples=0, num_eval_examples=0, source_image_size=224, seed=0, second_rendering=False,
       palette='random',

@@ -60,9 +60,13 @@ def _no_superpixels(pixels: np.ndarray) -> np.ndarray:
 
 
 def superpixel_fn(data, uses_superpixels: bool = True):
-  """A picklable (H, W, 3) uint8 -> (H, W) int32 function for the recipes."""
+  """A picklable (H, W, 3) uint8 -> (H, W) int32 function for the recipes; None under on-device superpixels
+  (``data.superpixels_on_device``), where the recipes emit pixels and the jitted step makes the maps
+  (``train.device_superpixels``)."""
   if not uses_superpixels:
     return _no_superpixels
+  if data.get('superpixels_on_device', False):
+    return None
   overrides = dict(data.get('superpixel_overrides', {}) or {})
   return functools.partial(compute_superpixels, config=preset(data.superpixels, **overrides))
 

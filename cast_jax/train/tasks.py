@@ -23,7 +23,7 @@ from cast_jax import loading
 from cast_jax.data import recipes, segmentation as segmentation_data, spml as spml_data, supervised as supervised_data
 from cast_jax.models.variants import ModelSpec
 from cast_jax.superpixels import compute_superpixels, preset
-from cast_jax.train import inputs, optim, schedules, segmentation, spml_finetune
+from cast_jax.train import device_superpixels, inputs, optim, schedules, segmentation, spml_finetune
 from cast_jax.train.moco import BATCH_KEYS as MOCO_BATCH_KEYS, MoCoObjective
 from cast_jax.train.supervised import SupervisedObjective
 
@@ -51,8 +51,18 @@ def moco_task(config, spec: ModelSpec, model, params, schedule: schedules.Schedu
   def make_iterator(local_batch, index, count):
     return inputs.moco_train_iterator(config.data, local_batch, config.seed, index, count, spec.uses_superpixels)
 
-  return Task(objective, MOCO_BATCH_KEYS, make_iterator,
-              trainable_labels=labels)
+  objective, keys = on_device_superpixels(config, spec, objective, MOCO_BATCH_KEYS, ('view1', 'view2'))
+  return Task(objective, keys, make_iterator, trainable_labels=labels)
+
+
+def on_device_superpixels(config, spec: ModelSpec, objective, keys: tuple[str, ...],
+                          device_keys: tuple[str, ...]) -> tuple[Any, tuple[str, ...]]:
+  """(objective, host batch keys): as given, or, under ``data.superpixels_on_device``, the objective wrapped
+  to make its maps with jax_slic inside the jitted step and the keys the pixel-emitting recipes give it."""
+  if not device_superpixels.enabled(config, spec.uses_superpixels):
+    return objective, keys
+  fn = device_superpixels.superpixel_fn(config.data, spec.max_segments)
+  return device_superpixels.OnDeviceSuperpixels(objective, fn), device_keys
 
 
 def supervised_task(config, spec: ModelSpec, model, params, schedule: schedules.Schedule) -> Task:
@@ -73,7 +83,8 @@ def supervised_task(config, spec: ModelSpec, model, params, schedule: schedules.
   data = config.data
 
   def make_iterator(local_batch, index, count):
-    recipe = supervised_data.SupervisedTrain(inputs.superpixel_fn(data), size=data.image_size,
+    recipe = supervised_data.SupervisedTrain(inputs.superpixel_fn(data, spec.uses_superpixels),
+                                             size=data.image_size,
                                              erasing_prob=config.random_erasing, crop_scale=tuple(data.crop_scale))
     if not config.randaugment:
       recipe = dataclasses.replace(recipe, randaugment=None)
@@ -87,7 +98,9 @@ def supervised_task(config, spec: ModelSpec, model, params, schedule: schedules.
         prob=config.mix_prob)
     return iter(dataset)
 
-  return Task(objective, ('image', 'superpixels', 'targets'), make_iterator, classifier=True,
+  objective, keys = on_device_superpixels(config, spec, objective, ('image', 'superpixels', 'targets'),
+                                          ('image', device_superpixels.PIXELS_KEY, 'targets'))
+  return Task(objective, keys, make_iterator, classifier=True,
               trainable_labels=labels)
 
 
@@ -105,7 +118,9 @@ def linear_probe_task(config, spec: ModelSpec, model, params, schedule: schedule
     recipe = recipes.LinearProbeTrain(inputs.superpixel_fn(data, spec.uses_superpixels), size=data.image_size)
     return inputs.train_iterator(data, recipe, local_batch, config.seed, index, count)
 
-  return Task(objective, ('image', 'superpixels', 'label'), make_iterator, classifier=True,
+  objective, keys = on_device_superpixels(config, spec, objective, ('image', 'superpixels', 'label'),
+                                          ('image', 'label'))
+  return Task(objective, keys, make_iterator, classifier=True,
               trainable_labels=labels)
 
 
@@ -153,6 +168,7 @@ def segmentation_task(config, spec: ModelSpec, model, params, schedule: schedule
   with ``partial_last_batch`` the last step of each epoch also counts its padding rows there (their labels are
   all ignored, so they add nothing to the loss).
   """
+  device_superpixels.enabled(config)  # raises: the Segmenter computes its maps on the host
   if not spec.seg_classes:
     raise ValueError('the segmentation trainer needs config.model.seg_classes > 0 (the Segmenter decoder) and '
                      "config.model.kind='cast_seg_deit'")
