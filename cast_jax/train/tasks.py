@@ -139,7 +139,8 @@ def segmentation_train_recipe(data, spec: ModelSpec) -> IgnorePaddingRows:
   recipe = segmentation_data.SegmentationTrain(
       segmentation_superpixel_fn(data, spec.max_segments, wrapped=False), crop_size=data.crop_size,
       img_scale=tuple(data.img_scale), ratio_range=tuple(data.ratio_range), cat_max_ratio=data.cat_max_ratio,
-      reduce_zero_label=bool(data.reduce_zero_label), invert_quirk=bool(data.get('invert_quirk', True)))
+      reduce_zero_label=bool(data.reduce_zero_label), invert_quirk=bool(data.get('invert_quirk', True)),
+      num_classes=spec.seg_classes)  # a label id the model cannot predict raises, naming the file
   return IgnorePaddingRows(recipe)
 
 
