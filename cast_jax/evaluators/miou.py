@@ -23,7 +23,6 @@ with I_c the diagonal, P_c / L_c the column / row sums: mmseg's sums of per-imag
 from __future__ import annotations
 
 import functools
-from typing import Any
 
 import jax
 import jax.numpy as jnp

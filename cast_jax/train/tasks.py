@@ -150,8 +150,8 @@ def segmentation_task(config, spec: ModelSpec, model, params, schedule: schedule
   ``iter_max = schedule.total_steps`` (ceil(N / B) x epochs with ``partial_last_batch``), the mmseg recipe.
 
   Train-mode BatchNorm normalises with the statistics of the whole global batch (the original is one process);
-  with ``partial_last_batch`` the last step of each epoch also counts its padding rows there (their labels are
-  all ignored, so they add nothing to the loss).
+  with ``partial_last_batch`` the batch's ``mask`` keeps the padding rows of each epoch's short batch out of
+  both the loss (all-255 labels) and those statistics, so that step sees only its real images, as the original.
   """
   if not spec.seg_classes:
     raise ValueError('the segmentation trainer needs config.model.seg_classes > 0 (the Segmenter decoder) and '
@@ -167,7 +167,8 @@ def segmentation_task(config, spec: ModelSpec, model, params, schedule: schedule
                                  partial_last_batch=schedule.partial_last_batch)
 
   labels = jax.tree_util.tree_map(lambda _: 'trainable', params)
-  return Task(objective, ('image', 'superpixels', 'label_map'), make_iterator, trainable_labels=labels)
+  keys = ('image', 'superpixels', 'label_map') + (('mask',) if schedule.partial_last_batch else ())
+  return Task(objective, keys, make_iterator, trainable_labels=labels)
 
 
 def probe_head_init(variables, seed: int = 0):
