@@ -15,6 +15,14 @@ Measurements (``--only`` picks some):
   superpixels: SEEDS (MoCo preset) and scikit-image SLIC on 224 px PartWorld images, one image at a time in one
     process (per core), beside jax_slic (preset 'jax_slic': 196 segments, 10 iterations) on a batch of
     ``--superpixel-batch`` (256) images in one jitted call on the default jax device: images per second each.
+  seg_train_step: one Segmenter fine-tuning step (``cast_seg_deit`` small encoder, clusters 320/160/80/40, the
+    2-block mask transformer, 150 classes: ADE20K's model) at crop 512, batch 8, 1024 grid superpixels (SEEDS'
+    count at 512 px), masked cross-entropy and SGD Nesterov: compile time, images per second, peak memory.
+    ``--seg-crop``, ``--seg-batch``, ``--seg-clusters``, ``--seg-classes`` shrink it (CI's tiny mode).
+  sliding_window: the Segmenter's single-scale evaluation of one ``--seg-image`` (default 512x683, an ADE20K
+    validation image's usual size) with window ``--seg-crop`` and stride crop - 32 (ADE20K: 512 / 480), windows
+    in batches of 2: real SEEDS per window on the host, the model, the merge; seconds per image, split into
+    SEEDS and the rest.
   pipeline: each augmentation recipe with its superpixels over the built-in PartWorld source, batches of 32,
     with 1 and 2 grain worker processes of one recipe thread each: images per second over
     ``--pipeline-batches`` batches, timed after worker start-up and after what the workers could buffer.
@@ -165,6 +173,89 @@ def bench_train_step(variant: str, batch: int, image_size: int, num_superpixels:
           **_peak_memory_mb(), **_environment()}
 
 
+def _segmenter(crop: int, clusters: tuple[int, ...], classes: int, dtype: str):
+  """(spec, model, random variables) of the Segmenter at ``crop`` with 16 px grid superpixels' slots."""
+  num_superpixels = (crop // 16) ** 2
+  spec = ModelSpec(kind='cast_seg_deit', variant='small', image_size=crop, num_clusters=clusters,
+                   max_segments=num_superpixels, seg_classes=classes)
+  model = build_model(spec, dtype=compute_dtype(dtype))
+  (images,), superpixels = _grid_inputs(2, crop, num_superpixels)
+  variables = jax.jit(lambda rng: model.init({'params': rng, 'dropout': rng}, images, superpixels))(
+      jax.random.PRNGKey(0))
+  return spec, model, variables
+
+
+def bench_seg_train_step(batch: int, crop: int, clusters: tuple[int, ...], classes: int, repeats: int,
+                         dtype: str) -> dict:
+  """One SGD-Nesterov step of the Segmenter (train mode, dropout on) on random images and labels."""
+  from cast_jax.train import segmentation  # pylint: disable=import-outside-toplevel
+
+  spec, model, variables = _segmenter(crop, clusters, classes, dtype)
+  (images,), superpixels = _grid_inputs(batch, crop, spec.max_segments)
+  labels = jnp.asarray(np.random.default_rng(1).integers(0, classes, (batch, crop, crop)), jnp.int32)
+  labels = labels.at[:, :8].set(255)  # some ignored pixels, as padding and unlabelled pixels give
+  batch_arrays = {'image': images, 'superpixels': superpixels, 'label_map': labels}
+  lr_fn = segmentation.segmenter_schedule(1e-3, 1000)
+  objective = segmentation.SegmentationObjective(
+      model=model, optimizer=segmentation.segmenter_optimizer(lr_fn, variables['params']), num_classes=classes,
+      learning_rate_fn=lr_fn, label_key='label_map')
+  state = jax.jit(objective.init_state)(variables, jax.random.PRNGKey(1))
+  del variables
+  compiled, compile_s = _compile(jax.jit(objective.train_step, donate_argnums=(0,)), state, batch_arrays)
+  state, metrics = compiled(state, batch_arrays)  # warm-up
+  jax.block_until_ready(metrics)
+  start = time.perf_counter()
+  for _ in range(repeats):
+    state, metrics = compiled(state, batch_arrays)
+  jax.block_until_ready((state, metrics))
+  step_s = (time.perf_counter() - start) / repeats
+  return {'name': 'seg_train_step', 'model': 'segmenter_cast_seg_deit_small', 'dtype': dtype, 'batch': batch,
+          'crop': crop, 'superpixels': spec.max_segments, 'clusters': list(clusters), 'classes': classes,
+          'compile_s': round(compile_s, 2), 'step_s': round(step_s, 3), 'images_per_s': round(batch / step_s, 2),
+          'loss': round(float(metrics['loss']), 4), 'repeats': repeats, **_peak_memory_mb(), **_environment()}
+
+
+def bench_sliding_window(image_hw: tuple[int, int], crop: int, clusters: tuple[int, ...], classes: int,
+                         repeats: int, dtype: str) -> dict:
+  """Single-scale sliding-window evaluation of one image (``cast_jax.sliding_window``), SEEDS included."""
+  import cv2  # pylint: disable=import-outside-toplevel
+
+  from cast_jax import sliding_window as sw  # pylint: disable=import-outside-toplevel
+  from cast_jax.data.partworld import PartWholeDataset  # pylint: disable=import-outside-toplevel
+  from cast_jax.superpixels import compute_superpixels  # pylint: disable=import-outside-toplevel
+
+  spec, model, variables = _segmenter(crop, clusters, classes, dtype)
+  picture = PartWholeDataset(1, image_size=224)[0]['image']  # a real picture, so SEEDS does real work
+  image = sw.normalize(cv2.resize(picture, (image_hw[1], image_hw[0]), interpolation=cv2.INTER_LINEAR))
+  settings = sw.SlidingWindow(window=crop, stride=max(8, crop - 32), window_batch=2)
+  forward = sw.segmenter_window_fn(model, variables)
+  seeds_s = []
+
+  def timed_superpixels(pixels, config, max_segments):  # SEEDS' share of the time, measured where it runs
+    begin = time.perf_counter()
+    out = compute_superpixels(pixels, config, max_segments)
+    seeds_s.append(time.perf_counter() - begin)
+    return out
+
+  sw.compute_superpixels, original = timed_superpixels, sw.compute_superpixels
+  try:
+    start = time.perf_counter()
+    out = sw.sliding_window_inference(forward, image, settings, max_segments=spec.max_segments)  # compiles
+    first_s = time.perf_counter() - start
+    seeds_s.clear()
+    start = time.perf_counter()
+    for _ in range(repeats):
+      out = sw.sliding_window_inference(forward, image, settings, max_segments=spec.max_segments)
+    image_s = (time.perf_counter() - start) / repeats
+  finally:
+    sw.compute_superpixels = original
+  return {'name': 'sliding_window', 'model': 'segmenter_cast_seg_deit_small', 'dtype': dtype,
+          'image': f'{image_hw[0]}x{image_hw[1]}', 'window': crop, 'stride': settings.stride,
+          'window_batch': settings.window_batch, 'windows': int(len(out['anchors'])), 'classes': classes,
+          'first_call_s': round(first_s, 2), 'image_s': round(image_s, 3), 'images_per_s': round(1 / image_s, 3),
+          'seeds_s_per_image': round(sum(seeds_s) / repeats, 3), 'repeats': repeats, **_environment()}
+
+
 def _moco_superpixels():
   """SEEDS with the MoCo recipe's settings, as a picklable callable for worker processes."""
   from cast_jax import superpixels  # pylint: disable=import-outside-toplevel
@@ -278,8 +369,23 @@ def _matmul(args) -> list[dict]:
   return [bench_matmul(args.repeats)]
 
 
+def _clusters(text: str) -> tuple[int, ...]:
+  return tuple(int(v) for v in text.split(','))
+
+
+def _seg_train_step(args) -> list[dict]:
+  return [bench_seg_train_step(args.seg_batch, args.seg_crop, _clusters(args.seg_clusters), args.seg_classes,
+                               args.repeats, args.dtype)]
+
+
+def _sliding_window(args) -> list[dict]:
+  height, width = (int(v) for v in args.seg_image.lower().split('x'))
+  return [bench_sliding_window((height, width), args.seg_crop, _clusters(args.seg_clusters), args.seg_classes,
+                               args.repeats, args.dtype)]
+
+
 BENCHMARKS = {'forward': _forward, 'matmul': _matmul, 'train_step': _train_step, 'superpixels': bench_superpixels,
-              'pipeline': bench_pipeline}
+              'pipeline': bench_pipeline, 'seg_train_step': _seg_train_step, 'sliding_window': _sliding_window}
 
 
 def main(argv=None) -> int:
@@ -296,6 +402,11 @@ def main(argv=None) -> int:
   parser.add_argument('--superpixel-batch', type=int, default=256,
                       help='images per jitted jax_slic call in the superpixels measurement (smaller for CI)')
   benchmark_accelerator.add_arguments(parser)
+  parser.add_argument('--seg-crop', type=int, default=512, help='Segmenter crop / window (ADE20K: 512)')
+  parser.add_argument('--seg-batch', type=int, default=8, help='Segmenter train batch (ADE20K: 8)')
+  parser.add_argument('--seg-clusters', default='320,160,80,40', help='cast_seg_deit clusters per stage')
+  parser.add_argument('--seg-classes', type=int, default=150, help='Segmenter classes (ADE20K: 150)')
+  parser.add_argument('--seg-image', default='512x683', help='HxW of the sliding-window benchmark image')
   args = parser.parse_args(argv)
   if args.accelerator:
     if args.only:

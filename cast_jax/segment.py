@@ -3,7 +3,12 @@
     python -m cast_jax.segment --checkpoint=cast_small_in1k.npz --out=/tmp/seg photo.jpg more_photos/
 
 ``--checkpoint`` is a converted published checkpoint (``python -m cast_jax.convert``) or one of our training
-workdirs. Per image it writes ``NAME_superpixels.png`` (mean colours with boundaries), ``NAME_levelL.png``
+workdirs. A segmentation checkpoint (a converted Segmenter ``.npz`` or a segmentation workdir: a model with a
+class decoder) gives per-pixel class maps instead: ``NAME_classes.png`` (class indices, 8-bit grey, 16-bit
+above 256 classes), ``NAME_classes_colour.png`` (the classes in a fixed palette) and
+``NAME_classes_overlay.png`` (the colours over the image, with class boundaries), by the original's sliding
+window at the image's own size (``cast_jax.segment_classes``; ``--window``, ``--stride``, ``--window-batch``,
+``--img-scale`` override the checkpoint's settings). Otherwise, per image it writes ``NAME_superpixels.png`` (mean colours with boundaries), ``NAME_levelL.png``
 (level L's boundaries over the image), ``NAME_levelL_ids.png`` (its segments in the fixed palette),
 ``NAME_panel.png`` (all of it in one picture) and ``NAME.npz`` (``superpixels`` (H, W) and ``hierarchy``
 (L, H, W) int32 at the input's resolution).
@@ -68,13 +73,14 @@ class HierarchySegmenter:
     self._forward = jax.jit(jax.vmap(alone, in_axes=(None, 0, 0)))
 
   @classmethod
-  def from_checkpoint(cls, path, superpixels: Optional[str] = None, **kwargs) -> 'HierarchySegmenter':
+  def from_checkpoint(cls, path, superpixels: Optional[str] = None, loaded=None, **kwargs) -> 'HierarchySegmenter':
     """A converted .npz (superpixels default to 'moco', the published models' SEEDS) or a workdir of ours.
 
     A workdir's superpixels default to the ones its run trained with (its config.json's data settings), so
-    a model trained on small images gets superpixels it can hold.
+    a model trained on small images gets superpixels it can hold. loaded: (spec, variables) already read
+    from ``path``.
     """
-    spec, variables = load_variables(path)
+    spec, variables = loaded if loaded is not None else load_variables(path)
     config_file = pathlib.Path(path) / 'config.json'
     if superpixels is None and config_file.is_file():
       data = json.loads(config_file.read_text())['data']
@@ -151,11 +157,20 @@ def main(argv=None) -> int:
   parser.add_argument('--batch', type=int, default=8,
                       help='images decoded and run together; each is still segmented as if alone')
   parser.add_argument('--resize', choices=['stretch'], default='stretch', help='see the module docstring')
+  classes = parser.add_argument_group('segmentation checkpoints (class maps)')
+  classes.add_argument('--window', type=int, default=None, help='sliding window in px (default: the checkpoint\'s)')
+  classes.add_argument('--stride', type=int, default=None, help='window stride in px (default: the checkpoint\'s)')
+  classes.add_argument('--window-batch', type=int, default=None, help='windows per model call')
+  classes.add_argument('--img-scale', type=int, nargs=2, default=None, metavar=('LONG', 'SHORT'),
+                       help='test resize: the largest kept-ratio size within LONG x SHORT')
   args = parser.parse_args(argv)
   if args.batch < 1:
     parser.error(f'--batch must be at least 1 (got {args.batch})')
+  loaded = load_variables(args.checkpoint)
+  if loaded[0].seg_classes:
+    return _class_maps(args, loaded)
   segmenter = HierarchySegmenter.from_checkpoint(args.checkpoint, superpixels=args.superpixels,
-                                        num_segments=args.num_segments)
+                                        num_segments=args.num_segments, loaded=loaded)
   out_dir = pathlib.Path(args.out)
   out_dir.mkdir(parents=True, exist_ok=True)
   paths = find_images(args.inputs)
@@ -180,6 +195,42 @@ def main(argv=None) -> int:
   for line in failed:
     print(f'skipped unreadable image {line}', file=sys.stderr)
   print(f'{segmented}/{len(paths)} images segmented into {out_dir}'
+        + (f'; {len(failed)} failed (listed above)' if failed else ''), flush=True)
+  return 1 if failed else 0
+
+
+def _read(path: pathlib.Path) -> tuple[Optional[np.ndarray], Optional[str]]:
+  try:
+    return decode_image(path.read_bytes(), exif_transpose=True)
+  except OSError as e:  # unreadable file (permissions, a broken link, a vanished network share)
+    return None, f'{type(e).__name__}: {e}'
+
+
+def _class_maps(args, loaded) -> int:
+  """Class maps of a Segmenter checkpoint, one image at a time (sizes vary; the windows compile once)."""
+  from cast_jax.segment_classes import ClassMapSegmenter, settings_for, write_class_map  # pylint: disable=import-outside-toplevel
+
+  spec, variables = loaded
+  settings = settings_for(args.checkpoint, spec, window=args.window, stride=args.stride,
+                          window_batch=args.window_batch, img_scale=args.img_scale)
+  segmenter = ClassMapSegmenter(spec, variables, settings)
+  out_dir = pathlib.Path(args.out)
+  out_dir.mkdir(parents=True, exist_ok=True)
+  paths = find_images(args.inputs)
+  failed, segmented = [], 0
+  print(f'{segmenter.num_classes} classes; window {settings.window}, stride {settings.stride}, '
+        f'test resize within {settings.img_scale[0]}x{settings.img_scale[1]}', flush=True)
+  for i, path in enumerate(paths, start=1):
+    image, reason = _read(path)
+    if image is None:
+      failed.append(f'{path}: {reason}')
+    else:
+      write_class_map(out_dir, path.stem, image, segmenter(image))
+      segmented += 1
+    print(f'[{i}/{len(paths)}] files read: {segmented} segmented, {len(failed)} failed', flush=True)
+  for line in failed:
+    print(f'skipped unreadable image {line}', file=sys.stderr)
+  print(f'{segmented}/{len(paths)} images segmented into class maps in {out_dir}'
         + (f'; {len(failed)} failed (listed above)' if failed else ''), flush=True)
   return 1 if failed else 0
 

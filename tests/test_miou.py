@@ -113,5 +113,5 @@ def test_sliding_windows_match_brute_force(config):
 
 def test_label_outside_the_classes_is_refused(config):
   ev = evaluator(config, num_classes=3)  # PartWorld's object maps hold ids up to 8
-  with pytest.raises(ValueError, match=r'validation example \d+ label map hold class ids .* outside \[0, 3\)'):
+  with pytest.raises(ValueError, match=r'validation example \d+: label map holds class ids .* outside \[0, 3\)'):
     ev.run({'params': {}}, step=0)

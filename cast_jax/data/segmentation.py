@@ -218,13 +218,43 @@ def upsample_to_window(image: np.ndarray, window: int) -> np.ndarray:
   return torch_bilinear_resize(image, out_hw)
 
 
-def _label_map(example: dict[str, Any], reduce_zero: bool, ignore_label: int) -> np.ndarray:
-  """The example's label map as (H, W) uint8 (int32 when it does not fit), zero label reduced if asked."""
+def example_name(example: dict[str, Any]) -> str:
+  """What an error message calls an example: its file (folder sources) or record name, else 'an example'."""
+  return str(example.get('file_name') or example.get('name') or 'an example (its source gives no file name)')
+
+
+def check_label_ids(label: np.ndarray, num_classes: int, ignore_label: int, what: str,
+                    reduced: bool = False) -> None:
+  """Raises ValueError naming ``what`` when ``label`` holds an id outside [0, num_classes) other than the ignore
+  label (such pixels would otherwise be silently dropped, or make the loss NaN under jit)."""
+  values = np.unique(label)
+  bad = [int(v) for v in values if v != ignore_label and not 0 <= v < num_classes]
+  if bad:
+    how = ' (after reduce_zero_label: raw id k became k - 1, raw 0 became 255)' if reduced else ''
+    raise ValueError(f'{what}: label map holds class ids {bad[:10]}{how} outside [0, {num_classes}) that are not '
+                     f'the ignore label {ignore_label}; expected the model\'s {num_classes} classes and '
+                     f'{ignore_label} for unlabelled pixels (map other ids to {ignore_label}, or set '
+                     'config.model.seg_classes / data.reduce_zero_label to match the dataset)')
+
+
+def _label_map(example: dict[str, Any], reduce_zero: bool, ignore_label: int, num_classes: int = 0) -> np.ndarray:
+  """The example's label map as (H, W) uint8 (int32 when it does not fit), zero label reduced if asked; checked
+  against the image's size and, when ``num_classes`` > 0, against the class count (errors name the file)."""
   label = np.asarray(example['label_map'])
-  if label.ndim == 3:
+  if label.ndim == 3 and label.shape[-1] == 1:
     label = label[..., 0]
+  if label.ndim != 2:
+    raise ValueError(f'{example_name(example)}: the label map must be (H, W) class indices; got shape {label.shape} '
+                     '(a colour-palette PNG converted to RGB? keep its indices)')
+  image_hw = np.shape(example['image'])[:2]
+  if label.shape != tuple(image_hw):
+    raise ValueError(f'{example_name(example)}: image is {tuple(image_hw)} (H, W) but its label map is '
+                     f'{label.shape}; every label map must cover its image pixel for pixel')
   label = label.astype(np.uint8 if label.min() >= 0 and label.max() <= 255 else np.int32)
-  return reduce_zero_label(label, ignore_label) if reduce_zero else label
+  label = reduce_zero_label(label, ignore_label) if reduce_zero else label
+  if num_classes > 0:
+    check_label_ids(label, num_classes, ignore_label, example_name(example), reduced=reduce_zero)
+  return label
 
 
 @dataclasses.dataclass(frozen=True)
@@ -234,6 +264,7 @@ class SegmentationTrain:
 
   Pixels outside the resized image (bottom/right padding) are 0 in 'image' (the mean colour) and
   ``ignore_label`` in 'label_map'. ``flip_prob`` and ``photometric`` exist to switch those steps off in tests.
+  num_classes > 0: a label id outside [0, num_classes) other than ``ignore_label`` raises, naming the file.
   """
 
   superpixel_fn: SuperpixelFn
@@ -246,10 +277,11 @@ class SegmentationTrain:
   flip_prob: float = 0.5
   photometric: bool = True
   invert_quirk: bool = True
+  num_classes: int = 0
 
   def __call__(self, example: dict[str, Any], rng: np.random.Generator) -> dict[str, np.ndarray]:
     image = np.ascontiguousarray(example['image'], np.uint8)
-    label = _label_map(example, self.reduce_zero_label, self.ignore_label)
+    label = _label_map(example, self.reduce_zero_label, self.ignore_label, self.num_classes)
     scale, _ = sample_scale(self.img_scale, self.ratio_range, rng)
     image, label = rescale(image, label, scale)
     top, left = random_crop_offset(label, self.crop_size, self.cat_max_ratio, self.ignore_label, rng)
@@ -275,13 +307,15 @@ class SegmentationEval:
   flip) and, with ``window_size``, upsampled so its short side is at least the window (as inference does).
   Its shape varies per image, as in the original (batch size 1); the sliding window and its superpixels
   (``superpixel_view`` of each window) are the inference code's job. 'label_map' stays at the original
-  resolution, where mIoU is measured (docs/original_behaviour.md#segmenter-miou).
+  resolution, where mIoU is measured (docs/original_behaviour.md#segmenter-miou). num_classes > 0: label ids are
+  checked as in ``SegmentationTrain``.
   """
 
   img_scale: tuple[int, int] = (2048, 512)
   window_size: Optional[int] = None
   ignore_label: int = IGNORE_LABEL
   reduce_zero_label: bool = False
+  num_classes: int = 0
 
   def __call__(self, example: dict[str, Any], rng: Optional[np.random.Generator] = None) -> dict[str, np.ndarray]:
     del rng
@@ -293,7 +327,8 @@ class SegmentationEval:
       normalized = upsample_to_window(normalized, self.window_size)
     out['image'] = normalized
     if 'label_map' in example:
-      out['label_map'] = _label_map(example, self.reduce_zero_label, self.ignore_label).astype(np.int32)
+      out['label_map'] = _label_map(example, self.reduce_zero_label, self.ignore_label,
+                                    self.num_classes).astype(np.int32)
     return out
 
 

@@ -1,4 +1,5 @@
-"""The segmentation datasets built by the repository's ``data/`` builders, read as TFDS ArrayRecord.
+"""The segmentation datasets: TFDS ArrayRecord builds of the repository's ``data/`` builders, or ADE20K and
+Pascal Context as the folders their archives unpack to (``SegmentationFolderSource``, mmseg's layout).
 
 Records are {'image': the image file's bytes, 'label_map': a PNG of class indices} (never a palette converted
 to RGB; ``cast_jax.data.segmentation_archives`` writes them). Both are read undecoded and decoded here / by the
@@ -14,7 +15,9 @@ TFDS's own ``scene_parse150`` is a different release of ADE20K (instance PNGs) a
 
 from __future__ import annotations
 
+import dataclasses
 import io
+import pathlib
 from typing import Optional
 
 import numpy as np
@@ -75,12 +78,123 @@ class SegmentationTfdsSource:
     if 'image' not in record or 'label_map' not in record:
       raise ValueError(f'{self.name} {self.split} record {index} has keys {sorted(record)}; expected "image" and '
                        f'"label_map" (rebuild it with data/{self.name})')
-    label = _label_array(record['label_map'], f'{self.name} {self.split} record {index}')
+    name = f'{self.name} {self.split} record {index}'
+    if record.get('file_name'):
+      name += f' ({_text(record["file_name"])})'
+    label = _label_array(record['label_map'], name)
     image = record['image']
     if isinstance(image, np.bytes_):
       image = bytes(image)
-    return {'image': image, 'label_map': label}
+    if isinstance(image, np.ndarray):  # decoded by TFDS: compare sizes here, naming the record
+      check_sizes(image, label, name)
+    return {'image': image, 'label_map': label, 'file_name': name}
+
+
+def _text(value) -> str:
+  return value.decode() if isinstance(value, (bytes, np.bytes_)) else str(value)
 
 
 def make(name: str, split: str, data_dir: Optional[str] = None) -> SegmentationTfdsSource:
   return SegmentationTfdsSource(name, split, data_dir)
+
+
+@dataclasses.dataclass(frozen=True)
+class FolderLayout:
+  """Where one split's files are under the dataset root, as mmseg's ``CustomDataset`` finds them: images
+  ``img_dir/NAME + img_suffix``, label maps ``ann_dir/NAME + seg_map_suffix``; NAME from the split list
+  (one name per line, no suffix) when ``split_file`` is set, else every image in ``img_dir``. ``{split}`` in
+  any of the three is the split's name (the config's train_split / eval_split)."""
+
+  img_dir: str
+  ann_dir: str
+  split_file: str = ''
+  img_suffix: str = '.jpg'
+  seg_map_suffix: str = '.png'
+
+
+# The unpacked archives (mmseg's configs/_base_/datasets): ADE20K's splits are 'training' / 'validation', Pascal
+# Context's 'train' / 'val' (the 60-class label PNGs of the Detail API in SegmentationClassContext).
+FOLDER_LAYOUTS = {
+    'ade20k': FolderLayout('images/{split}', 'annotations/{split}'),
+    'pascal_context': FolderLayout('JPEGImages', 'SegmentationClassContext', 'ImageSets/SegmentationContext/{split}.txt'),
+}
+
+
+def folder_layout(data) -> FolderLayout:
+  """The layout a config's data block names: ``data.folder_layout`` is a key of FOLDER_LAYOUTS or a dict of
+  FolderLayout's fields."""
+  layout = data.get('folder_layout', 'ade20k')
+  if isinstance(layout, str):
+    if layout not in FOLDER_LAYOUTS:
+      raise ValueError(f'data.folder_layout={layout!r} is not one of {sorted(FOLDER_LAYOUTS)}; or give a dict with '
+                       f'the fields {[f.name for f in dataclasses.fields(FolderLayout)]}')
+    return FOLDER_LAYOUTS[layout]
+  return FolderLayout(**dict(layout))
+
+
+class SegmentationFolderSource:
+  """``ds[i]``: {'image': (H, W, 3) uint8, 'label_map': (H, W) class ids, 'file_name': the image's path} from
+  image and label files on disk (``FolderLayout``).
+
+  Checked when built: the folders (and the split list, when the layout has one) exist, and every listed image
+  has its label map; checked per example: both decode, the label map is single-channel, and it covers its
+  image pixel for pixel. Each error names the file and what was expected.
+  """
+
+  def __init__(self, root, split: str, layout: FolderLayout):
+    self.root, self.split, self.layout = pathlib.Path(root).expanduser(), split, layout
+    img_dir = self.root / layout.img_dir.format(split=split)
+    ann_dir = self.root / layout.ann_dir.format(split=split)
+    for what, folder in (('image', img_dir), ('label map', ann_dir)):
+      if not folder.is_dir():
+        raise FileNotFoundError(f'{folder}: no such folder; split {split!r} reads its {what}s from '
+                                f'<data.path>/{(layout.img_dir if what == "image" else layout.ann_dir)} '
+                                f'(data.path={str(self.root)!r}); check data.path, the split names and data.folder_layout')
+    if layout.split_file:
+      split_file = self.root / layout.split_file.format(split=split)
+      if not split_file.is_file():
+        raise FileNotFoundError(f'{split_file}: split list not found; split {split!r} takes its image names from '
+                                f'it (one name per line, without {layout.img_suffix!r}); check data.path, the split '
+                                f'name and data.folder_layout (its split_file is {layout.split_file!r})')
+      names = [line.strip() for line in split_file.read_text().splitlines() if line.strip()]
+      if not names:
+        raise ValueError(f'{split_file}: the split list is empty; expected one image name per line')
+    else:
+      names = sorted(p.name[:-len(layout.img_suffix)] for p in img_dir.iterdir()
+                     if p.name.endswith(layout.img_suffix))
+      if not names:
+        raise ValueError(f'{img_dir}: no *{layout.img_suffix} images for split {split!r}')
+    self.files = [(img_dir / (n + layout.img_suffix), ann_dir / (n + layout.seg_map_suffix)) for n in names]
+    missing = [str(p) for pair in self.files for p in pair if not p.is_file()]
+    if missing:
+      raise FileNotFoundError(f'split {split!r} lists {len(missing)} files that do not exist, e.g. {missing[:3]}; '
+                              f'every name needs {layout.img_dir}/NAME{layout.img_suffix} and '
+                              f'{layout.ann_dir}/NAME{layout.seg_map_suffix}')
+
+  def __len__(self) -> int:
+    return len(self.files)
+
+  def __getitem__(self, index: int) -> dict:
+    image_path, label_path = self.files[index]
+    from cast_jax.data.decode import decode_image  # pylint: disable=import-outside-toplevel
+
+    image, reason = decode_image(image_path.read_bytes())
+    if image is None:
+      raise ValueError(f'{image_path}: the image cannot be decoded ({reason})')
+    try:
+      label = _label_array(label_path.read_bytes(), str(label_path))
+    except OSError as e:  # PIL's "cannot identify image file"
+      raise ValueError(f'{label_path}: the label map cannot be decoded ({e}); expected a single-channel PNG of '
+                       'class indices') from e
+    check_sizes(image, label, f'{image_path} / {label_path}')
+    return {'image': image, 'label_map': label, 'file_name': str(image_path)}
+
+  def __repr__(self) -> str:
+    return f'SegmentationFolderSource({str(self.root)!r}, split={self.split!r}, {len(self)} images)'
+
+
+def check_sizes(image: np.ndarray, label: np.ndarray, what: str) -> None:
+  """Raises ValueError unless the label map (H, W) covers the image (H, W, 3) pixel for pixel."""
+  if tuple(np.shape(label)[:2]) != tuple(np.shape(image)[:2]):
+    raise ValueError(f'{what}: image is {tuple(np.shape(image)[:2])} (H, W) but its label map is '
+                     f'{tuple(np.shape(label)[:2])}; every label map must cover its image pixel for pixel')

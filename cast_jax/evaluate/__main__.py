@@ -3,13 +3,20 @@
     python -m cast_jax.evaluate --checkpoint=/tmp/cast_demo --config=configs/demo.py --evaluator=knn
     python -m cast_jax.evaluate --checkpoint=cast_small_in1k.npz --config=configs/moco_cast_s.py \
         --config.data.data_dir=~/tensorflow_datasets --evaluator=knn
+    python -m cast_jax.evaluate --checkpoint=segmenter_ade20k.npz --config=configs/seg_cast_s_ade20k.py \
+        --config.data.data_dir=~/tensorflow_datasets --evaluator=miou       # mIoU of a converted Segmenter
 
 ``--checkpoint`` is a converted PyTorch .npz (python -m cast_jax.convert) or a cast_jax workdir (its latest
 checkpoint). The config supplies the data, the evaluators' settings and the model; the checkpoint's weights must
 fit that model. ``--evaluator`` names entries of config.evals, comma-separated ('both' is knn,classifier); the
 evaluators a training run skips (``every_steps=0``, e.g. the supervised configs' kNN) run here too. Prints one
-JSON line with the numbers under the names training logs them (``knn/top1``, ``classifier/top1``), and writes
-the hierarchy picture with --pictures=DIR.
+JSON line with the numbers under the names training logs them (``knn/top1``, ``classifier/top1``,
+``miou/miou``), and writes the hierarchy picture with --pictures=DIR.
+
+``--model_from_checkpoint`` builds the model the checkpoint describes (a converted .npz's recorded spec, a
+workdir's config.json) instead of ``config.model``, keeping the config's data and evaluators and its
+``model.max_segments`` (the superpixel slots the data needs): e.g. a converted Segmenter of another width or
+class count scored with a Segmenter config's data.
 """
 
 from __future__ import annotations
@@ -25,6 +32,8 @@ flags.DEFINE_string('evaluator', 'knn', 'Names in config.evals, comma-separated 
                     '"both" is knn,classifier.')
 flags.DEFINE_bool('ema', False, 'Evaluate the weight EMA of a supervised workdir.')
 flags.DEFINE_string('pictures', None, 'Folder for the hierarchy picture of the first evaluation batch.')
+flags.DEFINE_bool('model_from_checkpoint', False, 'Build the model the checkpoint describes, not config.model '
+                  '(the config still gives data, evaluators and model.max_segments).')
 flags.mark_flags_as_required(['config', 'checkpoint'])
 FLAGS = flags.FLAGS
 
@@ -38,9 +47,24 @@ def evaluator_names(evaluator: str) -> list[str]:
   return list(dict.fromkeys(names))
 
 
-def evaluate_checkpoint(config, checkpoint: str, evaluator: str = 'knn', ema: bool = False, pictures: bool = False):
+def use_checkpoint_model(config, source_spec) -> None:
+  """config.model := the fields of ``source_spec`` (the checkpoint's model), except a max_segments the config sets:
+  the superpixel slots are the data's business (a converted .npz records the converter's default)."""
+  fields = json.loads(source_spec.to_json())
+  if config.model.get('max_segments'):
+    fields.pop('max_segments')
+  with config.unlocked():
+    for key, value in fields.items():
+      if key in config.model and config.model[key] is not None and value is not None:
+        value = type(config.model[key])(value) if isinstance(config.model[key], (tuple, list)) else value
+      config.model[key] = value
+
+
+def evaluate_checkpoint(config, checkpoint: str, evaluator: str = 'knn', ema: bool = False, pictures: bool = False,
+                        model_from_checkpoint: bool = False):
   """(scalars, images) of ``checkpoint`` on ``config``'s evaluation data, keys as training logs them;
-  ``pictures`` adds the config's hierarchy_pictures evaluators."""
+  ``pictures`` adds the config's hierarchy_pictures evaluators; ``model_from_checkpoint`` builds the model the
+  checkpoint describes (module docstring). ``config`` is changed in place (init_checkpoint, and the model)."""
   import jax  # pylint: disable=import-outside-toplevel
 
   from cast_jax import evaluators  # pylint: disable=import-outside-toplevel
@@ -57,6 +81,8 @@ def evaluate_checkpoint(config, checkpoint: str, evaluator: str = 'knn', ema: bo
     names += [n for n in available if config.evals[n].get('type', n) == 'hierarchy_pictures' and n not in names]
   types = {n: config.evals[n].get('type', n) for n in names}
   source_spec, loaded = load_variables(checkpoint, use_ema=ema)
+  if model_from_checkpoint:
+    use_checkpoint_model(config, source_spec)
   spec = loop.model_spec(config)
   classifier = 'classifier' in types.values()
   if not classifier:  # features only: evaluate the encoder the checkpoint holds, without any head
@@ -86,7 +112,8 @@ def main(argv):
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   logging.set_verbosity('warning')
   scalars, images = evaluate_checkpoint(FLAGS.config, FLAGS.checkpoint, FLAGS.evaluator, FLAGS.ema,
-                                       pictures=bool(FLAGS.pictures))
+                                       pictures=bool(FLAGS.pictures),
+                                       model_from_checkpoint=FLAGS.model_from_checkpoint)
   if FLAGS.pictures and images:
     from cast_jax.visualize import save_png  # pylint: disable=import-outside-toplevel
 

@@ -23,7 +23,6 @@ with I_c the diagonal, P_c / L_c the column / row sums: mmseg's sums of per-imag
 from __future__ import annotations
 
 import functools
-from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -36,7 +35,6 @@ from cast_jax.evaluators.base import Evaluator, register, variables_of
 from cast_jax.sliding_window import SlidingWindow, bilinear_resize, denormalize_to_uint8, sliding_window_inference
 from cast_jax.superpixels import compute_superpixels, preset
 from cast_jax.train import inputs
-from cast_jax.train.segmentation import check_labels
 
 
 def confusion_matrix(labels, predictions, num_classes: int, valid=None):
@@ -85,6 +83,17 @@ def _host_variables(variables):
   return multihost_utils.process_allgather(variables, tiled=True)
 
 
+def _jit_for(config):
+  """``jax.jit``, with the loop's cheap XLA CPU code generation when ``config.fast_compile`` (tests)."""
+  if config.get('fast_compile') and jax.default_backend() == 'cpu':
+    from cast_jax.train.loop import FAST_CPU_COMPILE, accepted_compiler_options  # pylint: disable=import-outside-toplevel
+
+    options = accepted_compiler_options(FAST_CPU_COMPILE)
+    if options:
+      return functools.partial(jax.jit, compiler_options=options)
+  return jax.jit
+
+
 @register('miou')
 class MeanIoUEvaluator(Evaluator):
   """Scalars: ``miou``, ``macc``, ``aacc`` (percent) and ``num_examples`` (images scored).
@@ -114,18 +123,21 @@ class MeanIoUEvaluator(Evaluator):
                                   window_batch=int(self.options['window_batch'] or data.get('window_batch') or 1),
                                   superpixels=preset(data.get('superpixels', 'segmentation'), **overrides))
     self.recipe = SegmentationEval(img_scale=tuple(data.img_scale), ignore_label=int(self.options['ignore_label']),
-                                   reduce_zero_label=bool(data.get('reduce_zero_label', False)))
+                                   reduce_zero_label=bool(data.get('reduce_zero_label', False)),
+                                   num_classes=self.num_classes)
     self.max_segments = config.model.get('max_segments')
     model, n = context.model, self.num_classes
 
-    @jax.jit
+    jit = _jit_for(config)
+
+    @jit
     def whole_images(variables, images, superpixels, labels, valid):
       """(B, w, w, 3), (B, w, w), (B, w, w) labels, (B,) valid rows -> (C, C) confusion of the batch."""
       masks = model.apply(variables, images, superpixels, train=False)['masks']
       return confusion_matrix(labels, jnp.argmax(masks, -1), n, valid[:, None, None])
 
     self._whole_images = whole_images
-    self._windows = jax.jit(lambda v, x, s: model.apply(v, x, s, train=False)['masks'])
+    self._windows = jit(lambda v, x, s: model.apply(v, x, s, train=False)['masks'])
 
   def _superpixels(self, image: np.ndarray) -> np.ndarray:
     return compute_superpixels(denormalize_to_uint8(image, self.settings.mean, self.settings.std),
@@ -135,14 +147,11 @@ class MeanIoUEvaluator(Evaluator):
     record = source[index]
     image, reason = decode_image(record['image'])
     if image is None:
-      raise ValueError(f'{self.split} example {index}: the image cannot be decoded ({reason})')
-    label = np.asarray(record['label_map'])
-    if label.shape[:2] != image.shape[:2]:
-      raise ValueError(f'{self.split} example {index}: image {image.shape[:2]} and label map {label.shape[:2]} '
-                       'differ in size; every label map must cover its image pixel for pixel')
-    out = self.recipe({'image': image, 'label_map': label})
-    check_labels(out['label_map'], self.num_classes, f'{self.split} example {index} label map')
-    return out
+      raise ValueError(f"{record.get('file_name') or f'{self.split} example {index}'}: the image cannot be decoded "
+                       f'({reason})')
+    name = record.get('file_name') or f'{self.split} example {index}'
+    # The recipe checks the label map against the image's size and the model's classes, naming the file.
+    return self.recipe({'image': image, 'label_map': np.asarray(record['label_map']), 'file_name': name})
 
   def run(self, target, step):
     del step

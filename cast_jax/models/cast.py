@@ -43,15 +43,18 @@ class BlockFusion(nn.Module):
   dtype: Any = None
 
   @nn.compact
-  def __call__(self, pre_pool_tokens, pool_cls, labels, valid, train: bool):
+  def __call__(self, pre_pool_tokens, pool_cls, labels, valid, train: bool, sample_mask=None):
     """pre_pool_tokens[l]: (B, N_l, D); pool_cls[l]: (B, 1, D) post-pool class tokens; labels[l]: (B, S)
-    the level-(l+1) cluster of every superpixel; valid (B, S). Returns (B, 1 + S, D), row 0 the class row.
+    the level-(l+1) cluster of every superpixel; valid (B, S); sample_mask: optional (B,) images the BatchNorm
+    statistics count. Returns (B, 1 + S, D), row 0 the class row.
     """
     unpooled = [pre_pool_tokens[0]] + [jnp.take_along_axis(x, lab[..., None], axis=1)
                                        for x, lab in zip(pre_pool_tokens[1:], labels)]
     rows = jnp.concatenate([jnp.concatenate(pool_cls, axis=-1), jnp.concatenate(unpooled, axis=-1)], axis=1)
     # BN statistics cover the class row and empty tokens (as the original), but not padding slots.
     row_valid = jnp.concatenate([jnp.ones_like(valid[:, :1]), valid], axis=1)
+    if sample_mask is not None:  # nor the rows of a padded batch's padding images
+      row_valid = row_valid & sample_mask[:, None]
     rows = BatchNorm(name='norm')(rows, train=train, mask=row_valid)
     rows = nn.Dropout(self.dropout)(rows, deterministic=not train)
     return nn.Dense(self.dim, dtype=self.dtype, name='proj')(rows)
@@ -124,9 +127,10 @@ class CAST(nn.Module):
       return pos[0, 1:], pos[:, :1]
     raise ValueError(f"pos_embed must be 'sincos' or 'learned'; got {self.pos_embed!r}")
 
-  def _tokenize(self, images, superpixels, train):
+  def _tokenize(self, images, superpixels, train, sample_mask=None):
     """Level-0 tokens (B, S, D), class token (B, 1, D), empty (B, S) and valid (B, S) masks."""
-    features = ConvStem(self.embed_dim, dtype=self.dtype, name='patch_embed')(images, train=train)
+    features = ConvStem(self.embed_dim, dtype=self.dtype, name='patch_embed')(images, train=train,
+                                                                             sample_mask=sample_mask)
     pos_table, cls_pos = self._position_tables()
     # `pooled_ids` is the map the segment means are taken over: its max id + 1 is the original's token count.
     pooled_ids = superpixels
@@ -151,7 +155,7 @@ class CAST(nn.Module):
       raise ValueError(f"token_resolution must be 'features' or 'pixels'; got {self.token_resolution!r}")
     cls_token = self.param('cls_token', nn.initializers.normal(1e-6), (1, 1, self.embed_dim))
     cls = jnp.broadcast_to((cls_token + cls_pos).astype(tokens.dtype), (tokens.shape[0], 1, self.embed_dim))
-    valid = segments.batch_valid_mask(pooled_ids.reshape(pooled_ids.shape[0], -1), self.max_segments)
+    valid = segments.batch_valid_mask(pooled_ids.reshape(pooled_ids.shape[0], -1), self.max_segments, sample_mask)
     return tokens, cls, counts == 0, valid
 
   def _blocks(self):
@@ -169,13 +173,16 @@ class CAST(nn.Module):
     return stages
 
   @nn.compact
-  def __call__(self, images, superpixels, train: bool = False):
+  def __call__(self, images, superpixels, train: bool = False, sample_mask=None):
     """Runs the encoder.
 
     Args:
       images: (B, H, W, 3) float, ImageNet-normalized RGB; H and W multiples of 8.
       superpixels: (B, H, W) int ids in [0, max_segments) (the full-resolution map).
       train: batch statistics for BatchNorm, dropout and drop path on ('dropout' rng needed).
+      sample_mask: optional (B,) bool: in train mode the BatchNorm statistics (ConvStem, BlockFusion) count only
+        these images, and only their superpixels set the batch's token count, so the padding rows of a padded
+        short batch change nothing for the real ones. None: every image.
 
     Returns a dict with
       'features': (B, D) the embedding ('cls' and 'token_mean' readouts),
@@ -191,7 +198,7 @@ class CAST(nn.Module):
     self._check_inputs(images, superpixels)
     if self.dtype is not None:
       images = images.astype(self.dtype)
-    x, cls, empty, valid = self._tokenize(images, superpixels, train)
+    x, cls, empty, valid = self._tokenize(images, superpixels, train, sample_mask)
     inter = {'valid_tokens': valid, 'superpixel_counts': jnp.sum(~empty, axis=-1),
              'superpixels_in_range': segments.ids_in_range(superpixels, self.max_segments)}
 
@@ -230,7 +237,7 @@ class CAST(nn.Module):
         raise ValueError(f'readout {self.readout!r} needs fusion=True')
       labels = compose_assignments(logits[:3])
       fused = BlockFusion(self.embed_dim, self.fusion_dropout, self.dtype, name='block_fusion')(
-          pre_pool, pool_cls, labels, valid, train)
+          pre_pool, pool_cls, labels, valid, train, sample_mask)
       if self.readout == 'token_mean':
         w = valid.astype(fused.dtype)[..., None]
         head_input = jnp.sum(fused[:, 1:] * w, axis=1) / jnp.maximum(jnp.sum(w, axis=1), 1.0)

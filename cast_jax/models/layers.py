@@ -94,15 +94,18 @@ class ConvStem(nn.Module):
   dtype: jnp.dtype | None = None
 
   @nn.compact
-  def __call__(self, x, train: bool = False):
+  def __call__(self, x, train: bool = False, sample_mask=None):
+    """x: (B, H, W, 3). sample_mask: optional (B,) bool, True for the images whose pixels the train-mode
+    BatchNorm statistics count (a padded batch's real rows); None counts every image."""
     channels = self.embed_dim // 8
+    bn_mask = None if sample_mask is None else sample_mask[:, None, None]
     strides = [2] * self.num_stride2_convs + [1] * (4 - self.num_stride2_convs)
     index = 0
     for layer, stride in enumerate(strides):
       out_channels = channels * 2 ** layer
       x = nn.Conv(out_channels, (3, 3), strides=(stride, stride), padding=((1, 1), (1, 1)), use_bias=False,
                   dtype=self.dtype, name=f'proj_{index}')(x)
-      x = BatchNorm(name=f'proj_{index + 1}')(x, train=train)
+      x = BatchNorm(name=f'proj_{index + 1}')(x, train=train, mask=bn_mask)
       x = nn.relu(x)
       index += 3
     return nn.Conv(self.embed_dim, (1, 1), use_bias=True, dtype=self.dtype, name=f'proj_{index}')(x)

@@ -201,13 +201,15 @@ class SuperpixSegmenter(nn.Module):
   def n_cls(self) -> int:
     return self.decoder.n_cls
 
-  def __call__(self, images, superpixels, train: bool = False):
+  def __call__(self, images, superpixels, train: bool = False, sample_mask=None):
     """Segments a batch.
 
     Args:
       images: (B, H, W, 3) normalised float images, any H and W (padded to multiples of 8 here).
       superpixels: (B, H, W) int ids in [0, encoder.max_segments).
       train: batch-statistics BatchNorm and dropout (a 'dropout' rng is then needed).
+      sample_mask: optional (B,) bool, the images train-mode BatchNorm statistics count (a padded batch's real
+        rows); None: every image.
 
     Returns a dict: 'masks' (B, H, W, n_cls) float32 per-pixel class scores (the original's output, channels
     last); 'masks_sp' (B, S, n_cls) per token; 'tokens' (B, 1 + S, D) encoder output; 'valid_tokens' (B, S);
@@ -219,7 +221,7 @@ class SuperpixSegmenter(nn.Module):
     height, width = images.shape[1:3]
     padded = pad_to_multiple(images)
     # The encoder reads the padded image but the unpadded map: its features are resized to the map's size.
-    enc = self.encoder(padded, superpixels, train=train)
+    enc = self.encoder(padded, superpixels, train=train, sample_mask=sample_mask)
     tokens = enc['tokens']
     valid = enc['intermediates']['valid_tokens']
     masks_sp = self.decoder(tokens[:, 1:], valid, train=train)

@@ -96,8 +96,13 @@ def segment_mean(values, ids, num_segments: int):
   return sums / jnp.maximum(counts, 1.0)[..., None].astype(sums.dtype), counts
 
 
-def batch_valid_mask(ids, num_segments: int):
-  """(B, S) bool: ``s < max(ids over the whole batch) + 1``, the original's dynamic token count."""
+def batch_valid_mask(ids, num_segments: int, sample_mask=None):
+  """(B, S) bool: ``s < max(ids over the whole batch) + 1``, the original's dynamic token count.
+
+  ids: (B, N). sample_mask: optional (B,) bool; only those rows count towards the max (a padded batch's real
+  images: the original's short batch has no padding rows to raise its token count)."""
+  if sample_mask is not None:
+    ids = jnp.where(sample_mask[:, None], ids, 0)
   num_valid = jnp.max(ids) + 1
   valid = jnp.arange(num_segments) < num_valid
   return jnp.broadcast_to(valid[None, :], (ids.shape[0], num_segments))

@@ -147,7 +147,7 @@ def segmenter_defaults(dataset: str = 'ade20k') -> ml_collections.ConfigDict:
   SGD momentum 0.9 Nesterov, weight decay 0, lr (1e-3 - 1e-5)(1 - k / iter_max)^0.9 + 1e-5 per update, batch 8
   (ADE20K) / 16 (Pascal Context),
   the short last batch of each epoch kept (``partial_last_batch``: iter_max = ceil(N / B) x epochs; its padding
-  rows are ignored by the loss but, as a static shape needs, still pass through the model's BatchNorm).
+  rows, there for the static shape, are masked out of the loss and of the train-mode BatchNorm statistics).
   Starts from the published DeiT ``best_checkpoint.pth`` (``cast_deit``, converted) or a Segmenter checkpoint.
   """
   from cast_jax.data.segmentation import DATASETS  # pylint: disable=import-outside-toplevel

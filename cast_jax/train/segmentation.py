@@ -82,7 +82,10 @@ def segmenter_optimizer(learning_rate, params, momentum: float = 0.9) -> optax.G
 @dataclasses.dataclass(frozen=True)
 class SegmentationObjective(GradientStep):
   """model: ``SuperpixSegmenter`` (returns {'masks': (B, H, W, C), ...}); batches hold 'image' (B, H, W, 3),
-  'superpixels' (B, H, W) and ``label_key`` (B, H, W) class ids with 255 ignored."""
+  'superpixels' (B, H, W) and ``label_key`` (B, H, W) class ids with 255 ignored, and optionally 'mask' (B,)
+  bool: False on the padding rows of an epoch's padded short batch, which then count neither in the loss (their
+  labels are all 255) nor in the train-mode BatchNorm statistics, as the original's short batch has only its
+  real images."""
 
   model: Any
   optimizer: optax.GradientTransformation
@@ -99,7 +102,8 @@ class SegmentationObjective(GradientStep):
   def loss(self, params, batch_stats, batch, rng):
     """(loss, aux) of one train-mode forward pass; aux holds the updated BatchNorm statistics and the masks."""
     out, updates = self.model.apply({'params': params, 'batch_stats': batch_stats}, batch['image'],
-                                    batch['superpixels'], train=True, mutable=['batch_stats'], rngs={'dropout': rng})
+                                    batch['superpixels'], train=True, sample_mask=batch.get('mask'),
+                                    mutable=['batch_stats'], rngs={'dropout': rng})
     loss = masked_cross_entropy(out['masks'], batch[self.label_key], self.num_classes)
     return loss, {'batch_stats': updates['batch_stats'], 'masks': out['masks']}
 

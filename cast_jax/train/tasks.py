@@ -155,7 +155,8 @@ def segmentation_train_recipe(data, spec: ModelSpec) -> IgnorePaddingRows:
   recipe = segmentation_data.SegmentationTrain(
       segmentation_superpixel_fn(data, spec.max_segments, wrapped=False), crop_size=data.crop_size,
       img_scale=tuple(data.img_scale), ratio_range=tuple(data.ratio_range), cat_max_ratio=data.cat_max_ratio,
-      reduce_zero_label=bool(data.reduce_zero_label), invert_quirk=bool(data.get('invert_quirk', True)))
+      reduce_zero_label=bool(data.reduce_zero_label), invert_quirk=bool(data.get('invert_quirk', True)),
+      num_classes=spec.seg_classes)  # a label id the model cannot predict raises, naming the file
   return IgnorePaddingRows(recipe)
 
 
@@ -165,8 +166,8 @@ def segmentation_task(config, spec: ModelSpec, model, params, schedule: schedule
   ``iter_max = schedule.total_steps`` (ceil(N / B) x epochs with ``partial_last_batch``), the mmseg recipe.
 
   Train-mode BatchNorm normalises with the statistics of the whole global batch (the original is one process);
-  with ``partial_last_batch`` the last step of each epoch also counts its padding rows there (their labels are
-  all ignored, so they add nothing to the loss).
+  with ``partial_last_batch`` the batch's ``mask`` keeps the padding rows of each epoch's short batch out of
+  both the loss (all-255 labels) and those statistics, so that step sees only its real images, as the original.
   """
   device_superpixels.enabled(config)  # raises: the Segmenter computes its maps on the host
   if not spec.seg_classes:
@@ -183,7 +184,8 @@ def segmentation_task(config, spec: ModelSpec, model, params, schedule: schedule
                                  partial_last_batch=schedule.partial_last_batch)
 
   labels = jax.tree_util.tree_map(lambda _: 'trainable', params)
-  return Task(objective, ('image', 'superpixels', 'label_map'), make_iterator, trainable_labels=labels)
+  keys = ('image', 'superpixels', 'label_map') + (('mask',) if schedule.partial_last_batch else ())
+  return Task(objective, keys, make_iterator, trainable_labels=labels)
 
 
 def spml_train_recipe(data, spec: ModelSpec) -> spml_data.SPMLTrain:
