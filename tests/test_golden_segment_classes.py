@@ -14,13 +14,12 @@ from PIL import Image
 from cast_jax import convert, segment, visualize
 from cast_jax.models.variants import ModelSpec
 from cast_jax.segment_classes import ClassMapSegmenter, settings_for, write_class_map
-from test_golden_segmenter import TIE_MARGIN, require_folder, segmentation_folders, segmenter_spec
+from test_golden_segmenter import TIE_MARGIN, WINDOW_FOLDERS, require_folder, segmenter_spec
 
 
-def converted(tmp_path):
-  """(meta, inputs, outputs, npz path) of the first segmenter_window folder, its checkpoint converted."""
-  folders = segmentation_folders('segmenter_window')
-  path = require_folder(folders[0] if folders else 'segmenter_window')
+def converted(tmp_path, folder):
+  """(meta, inputs, outputs, npz path) of a segmenter_window folder, its checkpoint converted."""
+  path = require_folder(folder)
   meta = json.loads((path / 'meta.json').read_text())
   spec = segmenter_spec(meta, 20)  # slots for a window's 16 SEEDS cells (the command raises it when fewer)
   npz = tmp_path / 'segmenter.npz'
@@ -30,8 +29,9 @@ def converted(tmp_path):
   return meta, np.load(path / 'inputs.npz'), np.load(path / 'outputs.npz'), npz
 
 
-def test_segment_command_writes_the_originals_class_map(tmp_path, capsys):
-  meta, inputs, expected, npz = converted(tmp_path)
+@pytest.mark.parametrize('folder', WINDOW_FOLDERS)  # every fixture set of kind segmenter_window
+def test_segment_command_writes_the_originals_class_map(folder, tmp_path, capsys):
+  meta, inputs, expected, npz = converted(tmp_path, folder)
   image = inputs['image_uint8']
   height, width = image.shape[:2]
   photos = tmp_path / 'photos'

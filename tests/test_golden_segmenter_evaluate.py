@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from cast_jax import convert
@@ -23,7 +24,7 @@ from cast_jax.sliding_window import SlidingWindow, sliding_window_inference
 from cast_jax.superpixels import seeds_grid
 from cast_jax.train.config_lib import segmenter_defaults
 from conftest import fast_jit
-from test_golden_segmenter import require_folder, segmentation_folders, segmenter_spec
+from test_golden_segmenter import WINDOW_FOLDERS, require_folder, segmenter_spec
 
 LAYOUT = dict(img_dir='img/{split}', ann_dir='ann/{split}', split_file='splits/{split}.txt', img_suffix='.png',
               seg_map_suffix='.png')
@@ -74,9 +75,9 @@ def direct_miou(predictions, labels, n_classes: int) -> float:
   return float(np.mean(intersections[has_union] / unions[has_union]) * 100)
 
 
-def test_evaluate_converted_segmenter_equals_direct_miou(tmp_path):
-  folders = segmentation_folders('segmenter_window')
-  path = require_folder(folders[0] if folders else 'segmenter_window')
+@pytest.mark.parametrize('folder', WINDOW_FOLDERS)  # every fixture set of kind segmenter_window
+def test_evaluate_converted_segmenter_equals_direct_miou(folder, tmp_path):
+  path = require_folder(folder)
   meta = json.loads((path / 'meta.json').read_text())
   window = meta['window_size']
   slots = max(seeds_grid(window, window, meta['num_superpixels_per_window']).count,
