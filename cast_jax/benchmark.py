@@ -159,6 +159,16 @@ def bench_train_step(variant: str, batch: int, image_size: int, num_superpixels:
                             momentum_fn=schedules.momentum_cosine(0.99, 1000), learning_rate_fn=lr_fn)
   state = jax.jit(objective.init_state)(variables, jax.random.PRNGKey(1))
   del variables
+  metrics, compile_s, step_s = _time_train_step(objective, state, batch_arrays, repeats)
+  return {'name': 'train_step', 'model': f'moco_cast_{variant}', 'dtype': dtype, 'batch': batch,
+          'image_size': image_size, 'superpixels': num_superpixels, 'compile_s': round(compile_s, 2),
+          'step_s': round(step_s, 3), 'images_per_s': round(batch / step_s, 2), 'repeats': repeats,
+          **_peak_memory_mb(), **_environment()}
+
+
+def _time_train_step(objective, state, batch_arrays, repeats: int):
+  """(last metrics, compile seconds, seconds per step) of ``objective.train_step`` jitted with the state
+  donated: one warm-up step, then ``repeats`` timed steps on the same batch."""
   compiled, compile_s = _compile(jax.jit(objective.train_step, donate_argnums=(0,)), state, batch_arrays)
   state, metrics = compiled(state, batch_arrays)  # warm-up
   jax.block_until_ready(metrics)
@@ -166,11 +176,7 @@ def bench_train_step(variant: str, batch: int, image_size: int, num_superpixels:
   for _ in range(repeats):
     state, metrics = compiled(state, batch_arrays)
   jax.block_until_ready((state, metrics))
-  step_s = (time.perf_counter() - start) / repeats
-  return {'name': 'train_step', 'model': f'moco_cast_{variant}', 'dtype': dtype, 'batch': batch,
-          'image_size': image_size, 'superpixels': num_superpixels, 'compile_s': round(compile_s, 2),
-          'step_s': round(step_s, 3), 'images_per_s': round(batch / step_s, 2), 'repeats': repeats,
-          **_peak_memory_mb(), **_environment()}
+  return metrics, compile_s, (time.perf_counter() - start) / repeats
 
 
 def _segmenter(crop: int, clusters: tuple[int, ...], classes: int, dtype: str):
@@ -201,14 +207,7 @@ def bench_seg_train_step(batch: int, crop: int, clusters: tuple[int, ...], class
       learning_rate_fn=lr_fn, label_key='label_map')
   state = jax.jit(objective.init_state)(variables, jax.random.PRNGKey(1))
   del variables
-  compiled, compile_s = _compile(jax.jit(objective.train_step, donate_argnums=(0,)), state, batch_arrays)
-  state, metrics = compiled(state, batch_arrays)  # warm-up
-  jax.block_until_ready(metrics)
-  start = time.perf_counter()
-  for _ in range(repeats):
-    state, metrics = compiled(state, batch_arrays)
-  jax.block_until_ready((state, metrics))
-  step_s = (time.perf_counter() - start) / repeats
+  metrics, compile_s, step_s = _time_train_step(objective, state, batch_arrays, repeats)
   return {'name': 'seg_train_step', 'model': 'segmenter_cast_seg_deit_small', 'dtype': dtype, 'batch': batch,
           'crop': crop, 'superpixels': spec.max_segments, 'clusters': list(clusters), 'classes': classes,
           'compile_s': round(compile_s, 2), 'step_s': round(step_s, 3), 'images_per_s': round(batch / step_s, 2),
