@@ -58,3 +58,18 @@ def test_score_hierarchy_on_a_converted_checkpoint(tmp_path):
     assert 0 < row['object_miou'] <= 100 and 0 < row['part_miou'] <= 100 and row['num_images'] == 2
   # 196 superpixels fit the masks far better than 8 segments do.
   assert rows['superpixels']['part_miou'] > rows['cast_level4 (8)']['part_miou']
+
+
+def test_score_hierarchy_renders_with_the_runs_palette(tmp_path):
+  """A run trained on palette='class' is scored on images of that palette; a .npz on the default 'random'."""
+  import json
+
+  from cast_jax.evaluate.score_hierarchy import run_palette
+
+  run = tmp_path / 'run'
+  run.mkdir()
+  (run / 'config.json').write_text(json.dumps({'data': {'palette': 'class'}}))
+  assert run_palette(str(run)) == 'class'
+  (run / 'config.json').write_text(json.dumps({'data': {}}))  # a run from before the option
+  assert run_palette(str(run)) == 'random'
+  assert run_palette(str(tmp_path / 'converted.npz')) == 'random'

@@ -6,6 +6,8 @@ Each segment is labelled with the majority ground-truth class of its pixels, the
 background vs object, 2 classes; parts: background and the 28 part classes). Rows: the superpixels alone,
 each level of CAST's hierarchy, and, with --vit-checkpoint, k-means on the ViT baseline's patch features with
 the same number of segments as each level (upsampled to pixels, nearest). Prints one JSON line per row.
+The images are rendered with the palette the run trained on (its config's ``data.palette``; 'random' for a
+converted .npz), unless --palette says otherwise.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from cast_jax.data import partworld
 from cast_jax.data.augment import normalize
 from cast_jax.evaluate.segment_scores import SegmentScore
 from cast_jax.models.variants import build_encoder
-from cast_jax.run_folder import encoder_only, load_variables
+from cast_jax.run_folder import RunFolder, encoder_only, load_variables
 from cast_jax.segment import HierarchySegmenter, resize_nearest
 
 NUM_PART_CLASSES = 29  # background + 28 parts
@@ -46,11 +48,22 @@ def kmeans(points: np.ndarray, k: int, seed: int = 0, iterations: int = 20) -> n
   return squared_distances(centres).argmin(axis=1)
 
 
-def score(checkpoint: str, vit_checkpoint: str | None, num_images: int, num_segments: int | None, seed: int):
+def run_palette(checkpoint: str) -> str:
+  """PartWorld's palette in a run folder's config ('random' for a .npz or a run from before the option)."""
+  folder = RunFolder(checkpoint)
+  if not folder.is_run():
+    return 'random'
+  return folder.read_config().get('data', {}).get('palette', 'random')
+
+
+def score(checkpoint: str, vit_checkpoint: str | None, num_images: int, num_segments: int | None, seed: int,
+          palette: str | None = None):
+  palette = palette or run_palette(checkpoint)
   segmenter = HierarchySegmenter.from_checkpoint(checkpoint, num_segments=num_segments)
   size = segmenter.spec.image_size
   clusters = segmenter.spec.clusters()
-  dataset = partworld.PartWholeDataset(num_images, image_size=size, seed=seed, split='validation')
+  dataset = partworld.PartWholeDataset(num_images, image_size=size, seed=seed, split='validation',
+                                       palette=palette)
   rows = {'superpixels': None, **{f'cast_level{l + 1} ({k})': None for l, k in enumerate(clusters)}}
   if vit_checkpoint:
     vit_spec, vit_variables = encoder_only(*load_variables(vit_checkpoint))
@@ -78,7 +91,7 @@ def score(checkpoint: str, vit_checkpoint: str | None, num_images: int, num_segm
         ids = kmeans(tokens.astype(np.float64), k, seed=index).reshape(grid, grid)
         add(f'vit_kmeans ({k})', resize_nearest(ids, size, size), example)
   return [{'segments': name, 'object_miou': round(s[0].miou(), 2), 'part_miou': round(s[1].miou(), 2),
-           'num_images': num_images} for name, s in scores.items()]
+           'num_images': num_images, 'palette': palette} for name, s in scores.items()]
 
 
 def main(argv=None) -> int:
@@ -89,8 +102,11 @@ def main(argv=None) -> int:
   parser.add_argument('--num-images', type=int, default=256)
   parser.add_argument('--num-segments', type=int, default=49, help='superpixels per image (SEEDS)')
   parser.add_argument('--seed', type=int, default=0, help='PartWorld seed of the validation images')
+  parser.add_argument('--palette', default=None, choices=partworld.PALETTES,
+                      help="PartWorld's colours (default: the --checkpoint run's data.palette)")
   args = parser.parse_args(argv)
-  for row in score(args.checkpoint, args.vit_checkpoint, args.num_images, args.num_segments, args.seed):
+  rows = score(args.checkpoint, args.vit_checkpoint, args.num_images, args.num_segments, args.seed, args.palette)
+  for row in rows:
     print(json.dumps(row), flush=True)
   return 0
 
