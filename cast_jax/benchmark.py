@@ -143,8 +143,9 @@ def _peak_memory_mb() -> dict:
   return stats
 
 
-def bench_train_step(variant: str, batch: int, image_size: int, num_superpixels: int, repeats: int,
-                     dtype: str) -> dict:
+def moco_step_setup(variant: str, batch: int, image_size: int, num_superpixels: int, dtype: str):
+  """(objective, state, batch arrays) of the benchmarked MoCo-v3 step: cast_small with projector and predictor,
+  AdamW, random weights, two views of random pixels with grid superpixels. Shared with ``cast_jax.profile_step``."""
   from cast_jax.train import optim, schedules  # pylint: disable=import-outside-toplevel
   from cast_jax.train.moco import MoCoObjective  # pylint: disable=import-outside-toplevel
 
@@ -158,7 +159,12 @@ def bench_train_step(variant: str, batch: int, image_size: int, num_superpixels:
   objective = MoCoObjective(model=model, optimizer=optim.adamw(lr_fn, labels, 0.1, optim.decay_all),
                             momentum_fn=schedules.momentum_cosine(0.99, 1000), learning_rate_fn=lr_fn)
   state = jax.jit(objective.init_state)(variables, jax.random.PRNGKey(1))
-  del variables
+  return objective, state, batch_arrays
+
+
+def bench_train_step(variant: str, batch: int, image_size: int, num_superpixels: int, repeats: int,
+                     dtype: str) -> dict:
+  objective, state, batch_arrays = moco_step_setup(variant, batch, image_size, num_superpixels, dtype)
   metrics, compile_s, step_s = _time_train_step(objective, state, batch_arrays, repeats)
   return {'name': 'train_step', 'model': f'moco_cast_{variant}', 'dtype': dtype, 'batch': batch,
           'image_size': image_size, 'superpixels': num_superpixels, 'compile_s': round(compile_s, 2),

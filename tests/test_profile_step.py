@@ -1,0 +1,53 @@
+"""``cast_jax.profile_step``: op times from a real jax.profiler trace, attributed to kinds, phases and lines."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from cast_jax import profile_step
+from cast_jax.models.layers import exact_gelu
+
+
+def test_self_times_subtract_nested_events():
+  events = [{'ph': 'X', 'name': 'while.1', 'ts': 0, 'dur': 100, 'pid': 1, 'tid': 1},
+            {'ph': 'X', 'name': 'body_fusion', 'ts': 10, 'dur': 30, 'pid': 1, 'tid': 1},
+            {'ph': 'X', 'name': 'body_fusion', 'ts': 50, 'dur': 20, 'pid': 1, 'tid': 1},
+            {'ph': 'X', 'name': 'dot.3', 'ts': 5, 'dur': 40, 'pid': 1, 'tid': 2},  # another thread: not nested
+            {'ph': 'i', 'name': 'marker', 'ts': 1, 'pid': 1, 'tid': 1}]
+  assert dict(profile_step.self_times(events)) == {'while.1': 50, 'body_fusion': 50, 'dot.3': 40}
+
+
+def test_a_traced_function_is_attributed_to_its_ops_and_lines(tmp_path):
+  """A gelu MLP with a gradient and a scatter-add: the trace's op time goes to matmuls, the scatter, both
+  phases, and cast_jax's gelu line."""
+
+  def loss(w, x, ids):
+    h = exact_gelu(x @ w)
+    pooled = jnp.zeros((8, h.shape[1])).at[ids].add(h)  # segment pooling's scatter-add
+    return (pooled ** 2).sum()
+
+  grad = jax.jit(jax.value_and_grad(loss))
+  rng = np.random.default_rng(0)
+  args = (jnp.asarray(rng.normal(size=(256, 256)), jnp.float32), jnp.asarray(rng.normal(size=(512, 256)), jnp.float32),
+          jnp.asarray(rng.integers(0, 8, 512), jnp.int32))
+  compiled = grad.lower(*args).compile()
+  jax.block_until_ready(compiled(*args))
+  wall, groups = profile_step.traced_op_times(lambda: jax.block_until_ready(compiled(*args)), compiled.as_text(),
+                                              steps=3, out=str(tmp_path))
+  assert wall > 0
+  assert groups['kind']['matmul/conv'] > 0, groups['kind']
+  assert groups['kind']['scatter'] > 0 or groups['kind']['reduce'] > 0, groups['kind']
+  assert groups['phase']['backward'] > 0 and groups['phase']['forward/update'] > 0, groups['phase']
+  sources = list(groups['source'])
+  assert any(s.startswith('cast_jax/models/layers.py:') and s.endswith('exact_gelu') for s in sources), sources
+  # Only the module's instructions are counted: the op time per call is below the calls' summed wall time x cores.
+  assert sum(groups['phase'].values()) < wall * 8
+
+
+def test_stack_frames_and_metadata_parse_hlo_text():
+  compiled = jax.jit(lambda x: exact_gelu(x).sum()).lower(jnp.ones((4, 4))).compile()
+  text = compiled.as_text()
+  metadata = profile_step.instruction_metadata(text)
+  frames = profile_step.parse_stack_frames(text)
+  gelu = [m for m in metadata.values() if profile_step.op_source(m, frames).endswith('exact_gelu')]
+  assert gelu, (metadata, frames)
