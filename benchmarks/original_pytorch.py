@@ -1,28 +1,56 @@
 """Times the ORIGINAL PyTorch CAST on this machine, for side-by-side comparison with cast_jax.
 
-Not part of the package and never imported by it: it needs PyTorch and timm 0.4.12 installed by hand
-(``pip install torch timm==0.4.12``) and a checkout of the original code (github.com/twke18/CAST), whose
-``cast_models`` folder it imports. torchvision is optional (a placeholder stands in when it is missing,
-since the model code never uses it). DGL is replaced by a batched torch implementation of
+Not part of the package and never imported by it: it needs PyTorch and timm 0.4.12 installed by hand, best in a
+virtual environment of its own (``python -m venv /tmp/torchenv && /tmp/torchenv/bin/pip install torch
+timm==0.4.12 numpy einops``), and a checkout of the original code (github.com/twke18/CAST), whose ``cast_models``,
+``moco-v3/suppix_utils`` and ``segmenter`` code it imports. torchvision is optional (a placeholder stands in when
+it is missing, since the model code never uses it). DGL is replaced by a batched torch implementation of
 ``dgl.geometry.farthest_point_sampler`` with the same semantics (start index, squared distances, first max).
 
     python benchmarks/original_pytorch.py --cast-repo /path/to/CAST --batch 32 --threads 2
+    python benchmarks/original_pytorch.py --cast-repo /path/to/CAST --only train_step --only deit_train_step \
+        --batch 32 --repeats 3 --threads 2
     python benchmarks/original_pytorch.py --cast-repo /path/to/CAST --only seg_train_step --seg-batch 8 --threads 2
 
-prints one JSON line per measurement, in the format of ``python -m cast_jax.benchmark``:
-  forward: eval forward of cast_small (224 px, 196 grid superpixels), images per second.
+prints one JSON line per measurement, in the format of ``python -m cast_jax.benchmark``. Every step is timed as
+cast_jax's ``_time_train_step`` times it: one warm-up call, then the mean seconds of ``--repeats`` calls on the
+same batch (cast_jax's compile is reported apart and excluded; eager PyTorch has none). Random weights and
+inputs; superpixels are a regular grid of ``--superpixels`` (196: 14x14 cells of 16 px at 224 px). float32
+throughout: the original trains under CUDA autocast (float16), which a CPU has no counterpart of here.
+  forward: eval forward of cast_small (``--image-size`` 224, 196 grid superpixels, ``--batch`` 32), images per
+    second.
+  train_step: one MoCo-v3 step of CAST-S as ``moco-v3/main_moco_suppix.py`` runs
+    ``scripts/moco/train_imagenet1k_cast.sh``: ``suppix_utils.builder.MoCo_SupPix(partial(cast_small,
+    stop_grad_conv1=True), dim 256, mlp_dim 4096, T 0.2)``, both views through the base encoder and predictor,
+    the momentum update (cosine momentum from 0.99), both views through the momentum encoder, the symmetric
+    contrastive loss, AdamW (lr 1.5e-4 x batch / 256, weight decay 0.1), lr and momentum set per step;
+    images (pairs of views) per second; the counterpart of ``python -m cast_jax.benchmark --only train_step``.
+    One process: the builder's all-gather over a world of one is the identity, so its loss is restated without
+    torch.distributed (and without ``.cuda()``); SyncBatchNorm is plain BatchNorm on one process.
+  deit_train_step: one supervised DeiT step of CAST-S as ``deit/main_suppix.py`` + ``engine_suppix.py`` run it:
+    ``cast_models.cast_deit.cast_small`` (1000 classes, drop path 0.1, train mode), timm's
+    SoftTargetCrossEntropy (the criterion the recipe uses with mixup on) on batch-mixup targets with label
+    smoothing 0.1 (made before timing: cast_jax mixes in its input pipeline), timm's ``create_optimizer`` AdamW
+    (lr 5e-4 x batch / 512, weight decay 0.05 off biases, 1-D parameters, pos_embed and cls_token), then the
+    ``ModelEma`` update (0.99996); images per second; the counterpart of ``python -m cast_jax.benchmark --only
+    deit_train_step``.
   seg_train_step: one Segmenter fine-tuning step as ``segm/engine_cast.train_one_epoch`` runs it (train mode,
     ``SuperpixSegmenter(cast_seg_deit.cast_small(), SuperpixMaskTransformer)`` as ``segm/model/factory``
     builds it, 150 classes, crop 512, 1024 grid superpixels, CrossEntropyLoss(ignore_index=255), SGD momentum
     0.9 Nesterov), images per second; the counterpart of ``python -m cast_jax.benchmark --only seg_train_step``.
     Imports the Segmenter fork from ``<cast-repo>/segmenter`` (its own imports: einops, OpenCV-contrib). The
     superpixel map is passed as float, as the golden fixtures note the decoder's nearest resize needs.
+
+The train steps also report the process's peak resident memory (``process_peak_rss_mb``, as cast_jax on a CPU).
+``--batch 2 --image-size 64 --superpixels 64 --repeats 1`` is a tiny run that checks the entries work.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
+import math
 import sys
 import time
 import types
@@ -81,11 +109,36 @@ def _grid_ids(batch: int, size: int, side: int) -> np.ndarray:
   return np.broadcast_to(ids, (batch, size, size)).copy()
 
 
+def _grid_side(args) -> int:
+  """Cells per side of the grid superpixels: --superpixels must be a square number, as in cast_jax.benchmark."""
+  side = int(round(args.superpixels ** 0.5))
+  if side * side != args.superpixels:
+    raise ValueError(f'--superpixels must be a square number for the grid benchmark; got {args.superpixels}')
+  return side
+
+
+def _peak_rss_mb() -> float:
+  """The process's peak resident memory, as cast_jax.benchmark reports it on a CPU (process_peak_rss_mb)."""
+  import resource  # pylint: disable=import-outside-toplevel
+
+  return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+
+
+def _time_steps(step, repeats: int) -> tuple[float, float]:
+  """(last loss, mean seconds per step) of ``repeats`` timed calls after one warm-up call: what
+  cast_jax.benchmark's ``_time_train_step`` times (its compile, which eager PyTorch has none of, excluded)."""
+  step()  # warm-up (allocator, caches)
+  start = time.perf_counter()
+  for _ in range(repeats):
+    loss = step()
+  return loss, (time.perf_counter() - start) / repeats
+
+
 def bench_forward(torch, args) -> dict:
   from cast_models.cast import cast_small  # pylint: disable=import-outside-toplevel
 
-  model = cast_small().eval()
-  size, side = 224, 14
+  size, side = args.image_size, _grid_side(args)
+  model = cast_small(img_size=size).eval()
   superpixels = torch.from_numpy(_grid_ids(args.batch, size, side).astype(np.int64))
   images = torch.randn(args.batch, 3, size, size)
   with torch.no_grad():
@@ -97,6 +150,119 @@ def bench_forward(torch, args) -> dict:
   return {'name': 'forward', 'model': 'cast_small (original PyTorch)', 'dtype': 'float32',
           'batch': args.batch, 'image_size': size, 'superpixels': side * side,
           'step_s': round(step, 4), 'images_per_s': round(args.batch / step, 2), 'repeats': args.repeats}
+
+
+def _moco_lr(step: int, base_lr: float, batch: int, warmup: int = 10, total: int = 1000) -> float:
+  """``main_moco_suppix.adjust_learning_rate`` per step: lr x batch / 256, linear warm-up, half cosine."""
+  lr = base_lr * batch / 256
+  if step < warmup:
+    return lr * step / warmup
+  return lr * 0.5 * (1. + math.cos(math.pi * (step - warmup) / (total - warmup)))
+
+
+def _moco_momentum(step: int, base: float = 0.99, total: int = 1000) -> float:
+  """``main_moco_suppix.adjust_moco_momentum`` (--moco-m-cos): base -> 1 on a half cosine."""
+  return 1. - 0.5 * (1. + math.cos(math.pi * step / total)) * (1. - base)
+
+
+def bench_train_step(torch, args) -> dict:
+  """One MoCo-v3 step of CAST-S as ``moco-v3/main_moco_suppix.py`` runs ``scripts/moco/train_imagenet1k_cast.sh``:
+  ``suppix_utils.builder.MoCo_SupPix(partial(cast_small, stop_grad_conv1=True), 256, 4096, T=0.2)`` (projector
+  3 layers, predictor 2, BatchNorm), its forward (both views through the base encoder and predictor, the momentum
+  update, both views through the momentum encoder, the symmetric contrastive loss), then zero_grad, backward and
+  ``torch.optim.AdamW(model.parameters(), lr, weight_decay=0.1)``; lr and momentum set per step as the loop does."""
+  sys.path.insert(0, f'{args.cast_repo}/moco-v3')
+  import cast_models.cast as cast  # pylint: disable=import-outside-toplevel
+  from suppix_utils import builder  # pylint: disable=import-outside-toplevel
+
+  class SingleProcessMoCo(builder.MoCo_SupPix):
+    """The builder's contrastive loss on one process: ``concat_all_gather`` over a world of one is ``k`` itself
+    and the rank is 0; the only change is that the labels stay on the CPU (the original calls ``.cuda()``)."""
+
+    def contrastive_loss(self, q, k, T):
+      q = torch.nn.functional.normalize(q, dim=1)
+      k = torch.nn.functional.normalize(k, dim=1)
+      logits = torch.einsum('nc,mc->nm', [q, k]) / T
+      labels = torch.arange(logits.shape[0], dtype=torch.long)
+      return torch.nn.CrossEntropyLoss()(logits, labels) * (2 * T)
+
+  torch.manual_seed(0)
+  size, side, batch = args.image_size, _grid_side(args), args.batch
+  # One process, so the SyncBatchNorm the original converts to under DDP is plain BatchNorm.
+  model = SingleProcessMoCo(functools.partial(cast.cast_small, stop_grad_conv1=True, img_size=size),
+                            256, 4096, 0.2).train()
+  base_lr = 1.5e-4
+  optimizer = torch.optim.AdamW(model.parameters(), base_lr * batch / 256, weight_decay=0.1)
+  view1, view2 = torch.randn(batch, 3, size, size), torch.randn(batch, 3, size, size)
+  superpixels = torch.from_numpy(_grid_ids(batch, size, side).astype(np.int64))
+  count = [0]
+
+  def step():
+    lr = _moco_lr(count[0], base_lr, batch)
+    for group in optimizer.param_groups:
+      group['lr'] = lr
+    loss = model(view1, view2, superpixels, superpixels, _moco_momentum(count[0]))
+    optimizer.zero_grad()
+    loss.backward()
+    optimizer.step()
+    count[0] += 1
+    return loss.item()
+
+  loss, seconds = _time_steps(step, args.repeats)
+  return {'name': 'train_step', 'model': 'moco_cast_small (original PyTorch)', 'dtype': 'float32',
+          'batch': batch, 'image_size': size, 'superpixels': side * side, 'step_s': round(seconds, 3),
+          'images_per_s': round(batch / seconds, 2), 'loss': round(loss, 4), 'repeats': args.repeats,
+          'process_peak_rss_mb': _peak_rss_mb()}
+
+
+def _mixed_soft_targets(torch, batch: int, num_classes: int, smoothing: float = 0.1, lam: float = 0.7):
+  """(batch, num_classes) targets as timm's batch ``Mixup`` makes them: lam x smoothed one-hot(y) + (1 - lam) x
+  smoothed one-hot(flip(y)); the same formula as cast_jax.benchmark.mixed_soft_targets."""
+  labels = torch.from_numpy(np.random.default_rng(0).integers(0, num_classes, batch))
+  smooth = torch.full((batch, num_classes), smoothing / num_classes)
+  smooth[torch.arange(batch), labels] += 1.0 - smoothing
+  return lam * smooth + (1.0 - lam) * smooth.flip(0)
+
+
+def bench_deit_train_step(torch, args) -> dict:
+  """One DeiT supervised step of CAST-S as ``deit/main_suppix.py`` + ``engine_suppix.train_one_epoch`` run it:
+  ``cast_models.cast_deit.cast_small`` with 1000 classes and drop path 0.1 in train mode, SoftTargetCrossEntropy
+  on mixup targets (the criterion the recipe picks with mixup on; DistillationLoss with 'none' just calls it),
+  zero_grad, backward, step of timm's ``create_optimizer`` AdamW (lr 5e-4 x batch / 512, weight decay 0.05 off
+  biases, 1-D parameters and pos_embed / cls_token), then the ``ModelEma`` update (0.99996). The targets are made
+  before timing, as the mixing belongs to the input pipeline in cast_jax."""
+  import cast_models.cast_deit as cast_deit  # pylint: disable=import-outside-toplevel
+  from timm.loss import SoftTargetCrossEntropy  # pylint: disable=import-outside-toplevel
+  from timm.optim import create_optimizer  # pylint: disable=import-outside-toplevel
+  from timm.utils import ModelEma  # pylint: disable=import-outside-toplevel
+
+  torch.manual_seed(0)
+  size, side, batch, classes = args.image_size, _grid_side(args), args.batch, 1000
+  # create_model('cast_small', num_classes=1000, drop_rate=0.0, drop_path_rate=0.1, img_size=...) as main_suppix.
+  model = cast_deit.cast_small(num_classes=classes, drop_rate=0.0, drop_path_rate=0.1, img_size=size).train()
+  opt_args = argparse.Namespace(opt='adamw', lr=5e-4 * batch / 512, weight_decay=0.05, momentum=0.9, opt_eps=1e-8,
+                                opt_betas=None)
+  optimizer = create_optimizer(opt_args, model)
+  model_ema = ModelEma(model, decay=0.99996, device='', resume='')
+  criterion = SoftTargetCrossEntropy()
+  images = torch.randn(batch, 3, size, size)
+  superpixels = torch.from_numpy(_grid_ids(batch, size, side).astype(np.int64))
+  targets = _mixed_soft_targets(torch, batch, classes)
+
+  def step():
+    loss = criterion(model(images, superpixels), targets)
+    optimizer.zero_grad()
+    # NativeScaler without CUDA (its GradScaler disabled) and no --clip-grad: backward, then the step.
+    loss.backward()
+    optimizer.step()
+    model_ema.update(model)
+    return loss.item()
+
+  loss, seconds = _time_steps(step, args.repeats)
+  return {'name': 'deit_train_step', 'model': 'cast_deit_small (original PyTorch)', 'dtype': 'float32',
+          'batch': batch, 'image_size': size, 'superpixels': side * side, 'classes': classes,
+          'step_s': round(seconds, 3), 'images_per_s': round(batch / seconds, 2), 'loss': round(loss, 4),
+          'repeats': args.repeats, 'process_peak_rss_mb': _peak_rss_mb()}
 
 
 def bench_seg_train_step(torch, args) -> dict:
@@ -125,29 +291,29 @@ def bench_seg_train_step(torch, args) -> dict:
     optimizer.zero_grad()
     loss.backward()
     optimizer.step()
-    return float(loss)
+    return loss.item()
 
-  step()  # warm-up
-  start = time.perf_counter()
-  for _ in range(args.repeats):
-    loss = step()
-  seconds = (time.perf_counter() - start) / args.repeats
+  loss, seconds = _time_steps(step, args.repeats)
   return {'name': 'seg_train_step', 'model': 'segmenter cast_seg_deit small (original PyTorch)', 'dtype': 'float32',
           'batch': batch, 'crop': crop, 'superpixels': (crop // 16) ** 2, 'classes': args.seg_classes,
           'step_s': round(seconds, 3), 'images_per_s': round(batch / seconds, 2), 'loss': round(loss, 4),
-          'repeats': args.repeats}
+          'repeats': args.repeats, 'process_peak_rss_mb': _peak_rss_mb()}
 
 
-BENCHMARKS = {'forward': bench_forward, 'seg_train_step': bench_seg_train_step}
+BENCHMARKS = {'forward': bench_forward, 'train_step': bench_train_step, 'deit_train_step': bench_deit_train_step,
+              'seg_train_step': bench_seg_train_step}
 
 
 def main(argv=None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
   parser.add_argument('--cast-repo', required=True, help='checkout of github.com/twke18/CAST')
-  parser.add_argument('--batch', type=int, default=32)
+  parser.add_argument('--batch', type=int, default=32, help='forward, train_step, deit_train_step')
+  parser.add_argument('--image-size', type=int, default=224, help='forward, train_step, deit_train_step')
+  parser.add_argument('--superpixels', type=int, default=196, help='grid superpixels (a square number)')
   parser.add_argument('--repeats', type=int, default=3)
   parser.add_argument('--threads', type=int, default=None, help='torch.set_num_threads (default: torch default)')
-  parser.add_argument('--only', choices=sorted(BENCHMARKS), action='append', help='run only these (default: forward)')
+  parser.add_argument('--only', choices=sorted(BENCHMARKS), action='append',
+                      help='run only these (repeatable; default: forward)')
   parser.add_argument('--seg-crop', type=int, default=512)
   parser.add_argument('--seg-batch', type=int, default=8)
   parser.add_argument('--seg-classes', type=int, default=150)

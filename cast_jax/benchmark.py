@@ -12,6 +12,9 @@ Measurements (``--only`` picks some):
   train_step: one MoCo-v3 step of cast_small with projector and predictor (two views, base and momentum
     branches, AdamW), batch 32 at 224 px: compile time, images per second (pairs of views) after one
     warm-up step, and peak memory (device peak where the backend reports it, else the process's peak RSS).
+  deit_train_step: one DeiT supervised step of CAST-S as the trainer builds it (``configs/deit_cast_s.py``: the
+    1000-way classifier, drop path 0.1, soft-target cross-entropy on mixup targets given with the batch, AdamW,
+    weight EMA), batch 32 at 224 px: compile time, images per second, peak memory.
   superpixels: SEEDS (MoCo preset) and scikit-image SLIC on 224 px PartWorld images, one image at a time in one
     process (per core), beside jax_slic (preset 'jax_slic': 196 segments, 10 iterations) on a batch of
     ``--superpixel-batch`` (256) images in one jitted call on the default jax device: images per second each.
@@ -170,6 +173,45 @@ def bench_train_step(variant: str, batch: int, image_size: int, num_superpixels:
           'image_size': image_size, 'superpixels': num_superpixels, 'compile_s': round(compile_s, 2),
           'step_s': round(step_s, 3), 'images_per_s': round(batch / step_s, 2), 'repeats': repeats,
           **_peak_memory_mb(), **_environment()}
+
+
+def mixed_soft_targets(batch: int, num_classes: int, smoothing: float = 0.1, lam: float = 0.7,
+                       seed: int = 0) -> np.ndarray:
+  """(batch, num_classes) float32 soft targets as the DeiT recipe's batch mixup makes them (timm ``Mixup``):
+  lam x smoothed one-hot(y) + (1 - lam) x smoothed one-hot(flip(y)), each row summing to 1."""
+  labels = np.random.default_rng(seed).integers(0, num_classes, batch)
+  smooth = np.full((batch, num_classes), smoothing / num_classes, np.float32)
+  smooth[np.arange(batch), labels] += 1.0 - smoothing
+  return (lam * smooth + (1.0 - lam) * smooth[::-1]).astype(np.float32)
+
+
+def bench_deit_train_step(variant: str, batch: int, image_size: int, num_superpixels: int, repeats: int,
+                          dtype: str) -> dict:
+  """One DeiT supervised step of CAST as the trainer builds it (``configs/deit_cast_s.py``'s objective:
+  ``tasks.supervised_task``): the 1000-way cast_deit classifier in train mode (drop path 0.1), soft-target
+  cross-entropy on mixup targets (made here, as the input pipeline makes them, so not timed), AdamW with DeiT's
+  decay mask, and the weight EMA (0.99996) updated inside the step, as the original's loop does after each step."""
+  from cast_jax.train import config_lib, loop, schedules, tasks  # pylint: disable=import-outside-toplevel
+
+  config = config_lib.supervised_defaults()
+  config.model.update(variant=variant, image_size=image_size, max_segments=num_superpixels)
+  config.batch_size, config.compute_dtype = batch, dtype
+  config.steps_per_epoch, config.total_steps, config.num_epochs, config.warmup_epochs = 1000, 1000, 1, 0
+  spec = loop.model_spec(config)
+  model = build_model(spec, dtype=compute_dtype(dtype))
+  (images,), superpixels = _grid_inputs(batch, image_size, num_superpixels)
+  targets = jnp.asarray(mixed_soft_targets(batch, spec.num_classes, config.label_smoothing))
+  batch_arrays = {'image': images, 'superpixels': superpixels, 'targets': targets}
+  variables = loop.initial_variables(config, spec, model)
+  schedule = schedules.Schedule.from_config(config, 1000 * batch)
+  objective = tasks.build_task(config, spec, model, variables['params'], schedule).objective
+  state = jax.jit(objective.init_state)(variables, jax.random.PRNGKey(1))
+  del variables
+  metrics, compile_s, step_s = _time_train_step(objective, state, batch_arrays, repeats)
+  return {'name': 'deit_train_step', 'model': f'cast_deit_{variant}', 'dtype': dtype, 'batch': batch,
+          'image_size': image_size, 'superpixels': num_superpixels, 'classes': spec.num_classes,
+          'compile_s': round(compile_s, 2), 'step_s': round(step_s, 3), 'images_per_s': round(batch / step_s, 2),
+          'loss': round(float(metrics['loss']), 4), 'repeats': repeats, **_peak_memory_mb(), **_environment()}
 
 
 def _time_train_step(objective, state, batch_arrays, repeats: int):
@@ -370,6 +412,11 @@ def _train_step(args) -> list[dict]:
   return [bench_train_step(args.variant, args.batch, args.image_size, args.superpixels, args.repeats, args.dtype)]
 
 
+def _deit_train_step(args) -> list[dict]:
+  return [bench_deit_train_step(args.variant, args.batch, args.image_size, args.superpixels, args.repeats,
+                                args.dtype)]
+
+
 def _matmul(args) -> list[dict]:
   return [bench_matmul(args.repeats)]
 
@@ -389,7 +436,8 @@ def _sliding_window(args) -> list[dict]:
                                args.repeats, args.dtype)]
 
 
-BENCHMARKS = {'forward': _forward, 'matmul': _matmul, 'train_step': _train_step, 'superpixels': bench_superpixels,
+BENCHMARKS = {'forward': _forward, 'matmul': _matmul, 'train_step': _train_step,
+              'deit_train_step': _deit_train_step, 'superpixels': bench_superpixels,
               'pipeline': bench_pipeline, 'seg_train_step': _seg_train_step, 'sliding_window': _sliding_window}
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from cast_jax import benchmark
@@ -21,6 +22,32 @@ def test_matmul_ceiling():
 def test_grid_superpixels_must_be_square():
   with pytest.raises(ValueError, match='square number'):
     benchmark.bench_train_step('small', batch=2, image_size=64, num_superpixels=66, repeats=1, dtype='float32')
+
+
+def test_mixed_soft_targets_are_timm_batch_mixup_of_smoothed_labels():
+  targets = benchmark.mixed_soft_targets(4, 10, smoothing=0.1, lam=0.7, seed=3)
+  labels = np.random.default_rng(3).integers(0, 10, 4)
+  assert targets.shape == (4, 10) and targets.dtype == np.float32
+  np.testing.assert_allclose(targets.sum(1), 1.0, rtol=1e-6)
+  for row, (a, b) in enumerate(zip(labels, labels[::-1])):
+    expected = np.full(10, 0.01)
+    expected[a] += 0.7 * 0.9
+    expected[b] += 0.3 * 0.9
+    np.testing.assert_allclose(targets[row], expected, rtol=1e-5)
+
+
+@pytest.mark.slow
+def test_deit_train_step_in_tiny_mode(capsys):
+  """Slow (one compile of the CAST-S classifier's train step: 165 s on the loaded 2-core machine): -m slow."""
+  import json  # pylint: disable=import-outside-toplevel
+
+  argv = ['--only', 'deit_train_step', '--batch', '2', '--image-size', '64', '--superpixels', '64', '--repeats', '1']
+  assert benchmark.main(argv) == 0
+  (step,) = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+  assert step['name'] == 'deit_train_step' and step['model'] == 'cast_deit_small' and step['classes'] == 1000
+  assert (step['batch'], step['image_size'], step['superpixels']) == (2, 64, 64)
+  assert step['images_per_s'] > 0 and step['compile_s'] > 0
+  assert 0.5 * np.log(1000) < step['loss'] < 2 * np.log(1000)  # near chance for random weights
 
 
 # ``--accelerator``: the peaks table, the utilisation, the batch choice, and the tiny mode CPU CI runs.
