@@ -2,9 +2,9 @@
 
 Each image goes through what the original's single-scale evaluation does (``segm/eval/miou_cast``): resize with
 kept ratio to fit ``img_scale`` (mmseg's test ``Resize``), normalise with the Segmenter's constants, the sliding
-window of ``cast_jax.sliding_window`` (per-window SEEDS with the x255 wrap, averaged logits), then the merged
-logits are resized bilinearly to the image's own size and the argmax taken there, as the ``miou`` evaluator
-does. The model compiles once, for one static batch of windows, whatever the image sizes.
+window of ``cast_jax.sliding_window`` (per-window SEEDS with the x255 wrap, averaged logits), then the window
+grid's merged logits are resized bilinearly once, straight to the image's own size, and the argmax taken there,
+as the ``miou`` evaluator does. The model compiles once, for one static batch of windows, whatever the image sizes.
 
 Settings come from the checkpoint: a workdir's config.json (``data.crop_size``, ``window_stride``,
 ``window_batch``, ``img_scale``, its superpixels); for a converted ``.npz`` the window is the model's
@@ -28,7 +28,7 @@ from cast_jax import visualize
 from cast_jax.data.segmentation import SegmentationEval
 from cast_jax.models.variants import ModelSpec, build_model
 from cast_jax.run_folder import load_variables
-from cast_jax.sliding_window import SlidingWindow, bilinear_resize, sliding_window_inference
+from cast_jax.sliding_window import SlidingWindow, sliding_window_inference
 from cast_jax.superpixels import SuperpixelConfig, preset, seeds_grid
 
 
@@ -104,11 +104,10 @@ class ClassMapSegmenter:
     """uint8 (H, W, 3) -> (H, W, C) float32 merged window logits at the image's own size."""
     image = visualize.check_image(image, 'image')
     normalized = self.recipe({'image': image})['image']
-    merged = sliding_window_inference(self._apply, normalized, self.window,
-                                      max_segments=self.spec.max_segments)['merged_logits']
-    if merged.shape[:2] != image.shape[:2]:  # the test resize changed the size: back to the image's pixels
-      merged = bilinear_resize(merged, image.shape[:2])
-    return merged
+    # The window grid's merged logits go straight back to the image's own pixels (one resize, as the original's
+    # merge_windows to ori_shape), not through the test resize's size.
+    return sliding_window_inference(self._apply, normalized, self.window, max_segments=self.spec.max_segments,
+                                    out_size=image.shape[:2])['merged_logits']
 
   def __call__(self, image: np.ndarray) -> np.ndarray:
     """uint8 (H, W, 3) -> (H, W) int32 class indices."""

@@ -6,7 +6,9 @@ short side equals the window; cut windows at the anchors ``[a for a in range(0, 
 mean``, truncated to uint8, then the segmentation preset's x255 uint8 wrap); run the model on groups of
 ``window_batch`` windows (the original's token count is the max over each group, which the model's validity mask
 reproduces); sum the window logits, divide by the cover count, bilinearly resize to the original size, softmax over
-classes, argmax.
+classes, argmax. The original size is the image's before any resize (``ori_shape``: the eval recipe's keep-ratio
+resize and the short-side upsampling here both happen before the windows), so ``out_size`` takes it: the window
+grid's merged logits are resized once, straight to it, as ``merge_windows`` does.
 
 Static shapes: every group is ``(window_batch, window, window)`` (the last one padded with copies of its own last
 window, which change neither the group's token count nor, in eval mode, any other window), so the model compiles
@@ -100,7 +102,7 @@ def segmenter_window_fn(model, variables) -> Callable[[Any, Any], Any]:
 
 
 def sliding_window_inference(apply_fn, image: np.ndarray, settings: SlidingWindow, max_segments: int | None = None,
-                             flipped: bool = False) -> dict[str, np.ndarray]:
+                             flipped: bool = False, out_size: tuple[int, int] | None = None) -> dict[str, np.ndarray]:
   """Class probabilities of one image.
 
   Args:
@@ -111,6 +113,9 @@ def sliding_window_inference(apply_fn, image: np.ndarray, settings: SlidingWindo
     max_segments: the model's token slots (bounds each window's SEEDS ids); default the requested count.
     flipped: the image was flipped left-right by the caller (the original's ``flip`` meta): the merged logits
       are flipped back before the softmax.
+    out_size: (H, W) the merged logits are resized to: the image's size before the caller's own resize (the
+      original's ``ori_shape``); default the given image's size. One bilinear resize (align_corners=False, no
+      antialias) from the window grid to it, never through the given image's size.
 
   Returns a dict: 'probs' (H, W, C) float32, 'prediction' (H, W) int32, 'merged_logits' (H, W, C), and what the
   windows were: 'anchors' (nW, 2) (top, left), 'window_superpixels' (nW, w, w), 'window_masks' (nW, w, w, C),
@@ -120,7 +125,9 @@ def sliding_window_inference(apply_fn, image: np.ndarray, settings: SlidingWindo
   if image.ndim != 3 or image.shape[-1] != 3:
     raise ValueError(f'image must be (H, W, 3) channels-last and normalised; got shape {image.shape}')
   ws = settings.window
-  height, width = image.shape[:2]
+  height, width = image.shape[:2] if out_size is None else (int(out_size[0]), int(out_size[1]))
+  if height < 1 or width < 1:
+    raise ValueError(f'out_size must be a positive (height, width), the original image size; got {out_size}')
   grid = resize_short_side(image, ws)
   anchors = [(top, left) for top in window_anchors(grid.shape[0], ws, settings.stride)
              for left in window_anchors(grid.shape[1], ws, settings.stride)]

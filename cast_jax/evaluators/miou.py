@@ -5,14 +5,18 @@ recipe): the eval recipe (keep-ratio resize to ``data.img_scale``, Segmenter nor
 
 * an image whose size is exactly the window (and which the resize left alone, e.g. PartWorld at the crop size)
   is segmented whole, with other such images, in batches of the evaluator's ``batch_size`` (static shape,
-  padding rows masked out of the counts) — the same result as a one-window sliding window;
-* any other image goes through ``sliding_window.sliding_window_inference`` (windows, per-window SEEDS, averaged
-  logits, bilinear resize) and, when the recipe resized it, its merged logits are resized bilinearly to the
-  label map's size before the argmax (the original resizes once from the window grid to the original size;
-  here it is twice, a difference only at resized images' pixel borders).
+  padding rows masked out of the counts) — the same result as a one-window sliding window (the merge divides by
+  a count of 1 and resizes to the same size, both exact), softmax, argmax;
+* any other image goes through ``sliding_window.sliding_window_inference`` (short-side upsampling to the window,
+  windows, per-window SEEDS, averaged logits) with ``out_size`` its original size: the window grid's merged
+  logits are resized bilinearly (align_corners=False, no antialias) once, straight to the label map's
+  resolution, then softmax and argmax, as ``merge_windows`` with ``ori_shape``. This runs on the host in
+  numpy: the sizes vary per image, and only the model (static (window_batch, w, w) windows) is jitted.
 
-A (C, C) confusion matrix (rows: label, columns: prediction) over valid pixels is summed over the whole split
-and over processes (each process segments every P-th image); from it:
+A (C, C) confusion matrix (rows: label, columns: prediction) over valid pixels is accumulated in int64 on the
+host (each jitted batch's int32 counts hold at most batch x w x w pixels), summed over the whole split and over
+processes (each process segments every P-th image; the gather carries int64 counts as two int32 halves, so
+no count wraps at 2^31); from it:
 
     IoU_c = I_c / (P_c + L_c - I_c)   (NaN where the union is 0),   mIoU = nanmean_c IoU_c x 100
     aAcc = sum_c I_c / valid pixels x 100,   mAcc = nanmean_c I_c / L_c x 100
@@ -32,7 +36,7 @@ from jax.experimental import multihost_utils
 from cast_jax.data.decode import decode_image
 from cast_jax.data.segmentation import IGNORE_LABEL, SegmentationEval
 from cast_jax.evaluators.base import Evaluator, register, variables_of
-from cast_jax.sliding_window import SlidingWindow, bilinear_resize, denormalize_to_uint8, sliding_window_inference
+from cast_jax.sliding_window import SlidingWindow, denormalize_to_uint8, sliding_window_inference
 from cast_jax.superpixels import compute_superpixels, preset
 from cast_jax.train import inputs
 
@@ -59,6 +63,28 @@ def confusion_matrix_numpy(labels: np.ndarray, predictions: np.ndarray, num_clas
   keep = (labels >= 0) & (labels < num_classes)
   return np.bincount(labels[keep] * num_classes + predictions[keep],
                      minlength=num_classes * num_classes).reshape(num_classes, num_classes)
+
+
+# The gather of ``sum_over_processes`` carries each int64 count as two int32 digits of this base (jax without x64
+# would cast int64 to int32 and wrap counts above 2^31 - 1).
+_DIGIT = 1 << 30
+
+
+def sum_over_processes(counts: np.ndarray, allgather=None) -> np.ndarray:
+  """Sum of every process's int64 ``counts`` (any shape, values in [0, 2^61)), exact in int64.
+
+  ``allgather``: x (int32 array) -> (P, *x.shape), default ``multihost_utils.process_allgather``; it may be
+  called with jax's int32 limit, so each count travels as two int32 digits (high, low) of base 2^30 and is
+  recombined and summed on the host in int64."""
+  counts = np.asarray(counts)
+  if counts.dtype.kind not in 'iu':
+    raise ValueError(f'counts must be an integer array; got dtype {counts.dtype}')
+  counts = counts.astype(np.int64)
+  if counts.size and (counts.min() < 0 or counts.max() >= _DIGIT * (1 << 31)):
+    raise ValueError(f'counts must lie in [0, 2^61) to be gathered exactly; got [{counts.min()}, {counts.max()}]')
+  digits = np.stack([counts // _DIGIT, counts % _DIGIT]).astype(np.int32)
+  gathered = np.asarray((allgather or multihost_utils.process_allgather)(digits)).astype(np.int64)
+  return (gathered[:, 0] * _DIGIT + gathered[:, 1]).sum(0)
 
 
 def scores(confusion: np.ndarray) -> dict[str, float]:
@@ -134,7 +160,8 @@ class MeanIoUEvaluator(Evaluator):
     def whole_images(variables, images, superpixels, labels, valid):
       """(B, w, w, 3), (B, w, w), (B, w, w) labels, (B,) valid rows -> (C, C) confusion of the batch."""
       masks = model.apply(variables, images, superpixels, train=False)['masks']
-      return confusion_matrix(labels, jnp.argmax(masks, -1), n, valid[:, None, None])
+      # The argmax of the softmax, as merge_windows's caller takes it (exp may tie near-equal logits).
+      return confusion_matrix(labels, jnp.argmax(jax.nn.softmax(masks, -1), -1), n, valid[:, None, None])
 
     self._whole_images = whole_images
     self._windows = jit(lambda v, x, s: model.apply(v, x, s, train=False)['masks'])
@@ -153,12 +180,11 @@ class MeanIoUEvaluator(Evaluator):
     # The recipe checks the label map against the image's size and the model's classes, naming the file.
     return self.recipe({'image': image, 'label_map': np.asarray(record['label_map']), 'file_name': name})
 
-  def run(self, target, step):
-    del step
-    variables = _host_variables(variables_of(target))
+  def confusion(self, variables) -> np.ndarray:
+    """(C, C) int64 counts of (label, prediction) over the evaluated images of the split (each process segments
+    every P-th of them; the counts are summed over processes). variables: host numpy."""
     source = inputs.make_source(self.context.config.data, self.split)
-    count = len(source) if self.num_examples <= 0 else min(self.num_examples, len(source))
-    indices = [i * len(source) // count for i in range(count)][jax.process_index()::jax.process_count()]
+    indices = self._indices(len(source))[jax.process_index()::jax.process_count()]
     window, batch = self.settings.window, self.batch_size // jax.process_count()
     confusion = np.zeros((self.num_classes, self.num_classes), np.int64)
     pending: list[dict[str, np.ndarray]] = []
@@ -178,20 +204,32 @@ class MeanIoUEvaluator(Evaluator):
     for index in indices:
       example = self._example(source, index)
       image, label = example['image'], example['label_map']
-      if image.shape[:2] == (window, window) and label.shape == (window, window):
+      original = tuple(int(v) for v in example['ori_shape'])
+      if label.shape != original:
+        raise ValueError(f'{self.split} example {index}: label map {label.shape} is not at the image\'s original '
+                         f'size {original}; mIoU is measured at the original resolution')
+      if image.shape[:2] == (window, window) and original == (window, window):
         pending.append(dict(example, superpixels=self._superpixels(image)))
         if len(pending) == batch:
           confusion += flush()
         continue
       result = sliding_window_inference(lambda x, s: self._windows(variables, x, s), image, self.settings,
-                                        max_segments=self.max_segments)
-      logits = result['merged_logits']
-      if logits.shape[:2] != label.shape:
-        logits = bilinear_resize(logits, label.shape)
-      confusion += confusion_matrix_numpy(label, logits.argmax(-1), self.num_classes)
+                                        max_segments=self.max_segments, out_size=original)
+      confusion += confusion_matrix_numpy(label, result['prediction'], self.num_classes)
     confusion += flush()
     if jax.process_count() > 1:
-      confusion = np.asarray(multihost_utils.process_allgather(confusion)).sum(0)
+      confusion = sum_over_processes(confusion)
+    return confusion
+
+  def _indices(self, size: int) -> list[int]:
+    """The evaluated examples of a split of ``size``: all, or ``num_examples`` spread evenly over it."""
+    count = size if self.num_examples <= 0 else min(self.num_examples, size)
+    return [i * size // count for i in range(count)]
+
+  def run(self, target, step):
+    del step
+    variables = _host_variables(variables_of(target))
+    confusion = self.confusion(variables)
     scalars = scores(confusion)
-    scalars['num_examples'] = int(count)
+    scalars['num_examples'] = len(self._indices(len(inputs.make_source(self.context.config.data, self.split))))
     return scalars, {}
