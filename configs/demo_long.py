@@ -6,7 +6,8 @@ r"""The MoCo demo on a longer schedule (about 45 minutes on a 2-core CPU; twice 
         --metric knn/top1 --reference 12.5 --out demo_long_knn.png
 
 ``configs/demo.py`` (same model, data and views) for 24 epochs instead of 8: 1536 steps of 64, kNN every 256
-steps. Not yet measured: README "Not done yet".
+steps. Measured (README "Results on the built-in dataset"): kNN 26.6 -> 72.7 for CAST, 24.4 -> 65.6 for the ViT,
+linear probe (configs/lincls_demo.py) 68.6 against 59.4.
 """
 
 import pathlib
