@@ -177,6 +177,7 @@ def segmenter_defaults(dataset: str = 'ade20k') -> ml_collections.ConfigDict:
   c.base_lr = 1e-3  # not scaled by the batch
   c.min_lr = 1e-5
   c.lr_power = 0.9
+  c.optimizer = 'sgd'  # Nesterov momentum, the original; 'adamw' for short schedules (configs/seg_demo.py)
   c.momentum = 0.9
   c.weight_decay = 0.0
   c.partial_last_batch = True

@@ -70,13 +70,23 @@ def segmenter_schedule(base_lr: float = 1e-3, iter_max: int = 1, min_lr: float =
   return polynomial(base_lr, iter_max, power, min_lr)
 
 
-def segmenter_optimizer(learning_rate, params, momentum: float = 0.9) -> optax.GradientTransformation:
-  """timm ``create_optimizer(opt='sgd')``: SGD momentum 0.9, Nesterov, weight decay 0, one group of every
-  parameter."""
+def segmenter_optimizer(learning_rate, params, momentum: float = 0.9, kind: str = 'sgd',
+                        weight_decay: float = 0.0) -> optax.GradientTransformation:
+  """kind 'sgd' (the original): timm ``create_optimizer(opt='sgd')``, SGD momentum 0.9, Nesterov, weight decay
+  0, one group of every parameter. kind 'adamw': PyTorch's AdamW on every parameter with decoupled
+  ``weight_decay``, an option for short schedules (the built-in demo), not the original's recipe."""
   labels = jax.tree_util.tree_map(lambda _: 'all', params)
   trainable = jax.tree_util.tree_map(lambda _: True, params)
-  return optim.sgd_groups(learning_rate, {'all': optim.Group(1.0, 0.0)}, labels, trainable, momentum=momentum,
-                          nesterov=True)
+  groups = {'all': optim.Group(1.0, weight_decay)}
+  if kind == 'adamw':
+    return optim.adamw_groups(learning_rate, groups, labels, trainable)
+  if kind != 'sgd':
+    raise ValueError(f"config.optimizer must be 'sgd' (the Segmenter's) or 'adamw' for the segmentation trainer; "
+                     f'got {kind!r}')
+  if weight_decay:
+    raise ValueError('the Segmenter trains SGD without weight decay; config.weight_decay must be 0 with '
+                     "config.optimizer='sgd'")
+  return optim.sgd_groups(learning_rate, groups, labels, trainable, momentum=momentum, nesterov=True)
 
 
 @dataclasses.dataclass(frozen=True)

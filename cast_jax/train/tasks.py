@@ -175,7 +175,9 @@ def segmentation_task(config, spec: ModelSpec, model, params, schedule: schedule
                      "config.model.kind='cast_seg_deit'")
   lr_fn = segmentation.segmenter_schedule(config.base_lr, schedule.total_steps, config.min_lr, config.lr_power)
   objective = segmentation.SegmentationObjective(
-      model=model, optimizer=segmentation.segmenter_optimizer(lr_fn, params, momentum=config.momentum),
+      model=model, optimizer=segmentation.segmenter_optimizer(lr_fn, params, momentum=config.momentum,
+                                                              kind=config.get('optimizer', 'sgd'),
+                                                              weight_decay=config.weight_decay),
       num_classes=spec.seg_classes, learning_rate_fn=lr_fn, label_key='label_map')
   data = config.data
 
