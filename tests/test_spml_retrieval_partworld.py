@@ -4,6 +4,9 @@ with a ``cast`` MoCo checkpoint (the MoCo demo's kind) read through ``LastStageE
 A tiny ``cast`` MoCo model (48 wide (graph pooling has 12 heads), one block per stage) at its seeded initialisation is saved as a converted
 ``.npz``; the command scores 4 validation images against a memory of 12 train images, and the counts are
 recomputed here in numpy from the model's own outputs (prototypes, majority labels, cosine top-k vote).
+
+The three tests on that checkpoint are marked slow: together they take about 45 s of CPU (the model's
+initialisation and three forward compilations); the option and checkpoint checks run in the default suite.
 """
 
 from __future__ import annotations
@@ -51,6 +54,7 @@ def command(path, *extra):
           f'--top_k={TOP_K}'] + list(extra)
 
 
+@pytest.mark.slow  # shares the ~45 s CPU of the checkpoint fixture (module docstring)
 def test_last_stage_embedding_is_the_projector_on_each_last_stage_token(checkpoint, forward):
   _, variables = checkpoint
   _, model_variables, apply = forward
@@ -108,6 +112,7 @@ def direct_counts(forward):
   return [np.sum([c[j] for c in counts], axis=0) for j in range(3)], len(labels)
 
 
+@pytest.mark.slow  # shares the ~45 s CPU of the checkpoint fixture (module docstring)
 def test_the_partworld_command_scores_what_a_direct_computation_scores(checkpoint, forward):
   path, _ = checkpoint
   result = cli.run(command(path))
@@ -127,6 +132,7 @@ def test_the_partworld_command_scores_what_a_direct_computation_scores(checkpoin
   np.testing.assert_array_equal(tp, want_tp)
 
 
+@pytest.mark.slow  # shares the ~45 s CPU of the checkpoint fixture (module docstring)
 def test_untrained_is_the_trainers_seeded_initialisation(checkpoint):
   path, variables = checkpoint
   # The checkpoint was saved from seed 1: --untrained --seed=1 rebuilds exactly its variables, seed 0 others.
@@ -155,6 +161,8 @@ def test_the_config_renders_what_the_demo_trained_on():
     (['--num_classes=21'], 'set --num_classes=9'),
     (['--seg_labels=wholes'], 'unknown PartWorld segmentation labels'),
     (['--query_images=0'], 'must be >= 1'),
+    (['--palette=pastel'], '--palette must be one of'),
+    (['--no-partworld'], 'set --data_dir, --memory_list, --query_list'),
 ])
 def test_bad_partworld_options_stop_with_the_fix(extra, message, capsys):
   with pytest.raises(SystemExit):

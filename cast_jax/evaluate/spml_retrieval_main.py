@@ -105,7 +105,8 @@ def make_parser() -> argparse.ArgumentParser:
                                    description=__doc__.split('\n\n')[0])
   parser.add_argument('--config', default='', help='a retrieval config (configs/spml_*_retrieval.py[:test]); its '
                       'fields are the defaults of the options below, which override them')
-  parser.add_argument('--checkpoint', default='', help='the cast_seg_pretrain MoCo checkpoint (.pth.tar/.npz)')
+  parser.add_argument('--checkpoint', default='', help='a MoCo checkpoint: cast_seg_pretrain (.pth.tar, .npz) or '
+                      'a cast run folder / .npz (the MoCo demo)')
   parser.add_argument('--data_dir', default='')
   parser.add_argument('--memory_list', default='', help='SPML list of the memory images (train+ for VOC)')
   parser.add_argument('--query_list', default='', help='SPML list of the scored images (val for VOC)')
@@ -122,8 +123,9 @@ def make_parser() -> argparse.ArgumentParser:
                       "checkpoint's model (same architecture, no training) instead of its weights")
   parser.add_argument('--seed', type=int, default=0, help='the --untrained initialisation (a run\'s config.seed)')
   partworld = parser.add_argument_group('PartWorld (no download; replaces --data_dir and the two lists)')
-  partworld.add_argument('--partworld', action='store_true', help='memory from PartWorld train, queries from '
-                         'PartWorld validation, object labels (background + 8 classes)')
+  partworld.add_argument('--partworld', action=argparse.BooleanOptionalAction, default=False,
+                         help='memory from PartWorld train, queries from PartWorld validation, object labels '
+                         '(background + 8 classes); --no-partworld reads list files under a PartWorld config')
   partworld.add_argument('--memory_images', type=int, default=1024)
   partworld.add_argument('--query_images', type=int, default=512)
   partworld.add_argument('--partworld_image_size', type=int, default=64)
@@ -155,7 +157,12 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     if given:
       parser.error(f'--partworld generates its images; drop {", ".join("--" + g for g in given)} (or drop '
                    '--partworld to read list files)')
+    from cast_jax.data.partworld import PALETTES  # pylint: disable=import-outside-toplevel
     from cast_jax.data.partworld_segmentation import num_classes  # pylint: disable=import-outside-toplevel
+
+    if args.palette not in PALETTES:
+      parser.error(f'--palette must be one of {PALETTES} (the rendering the checkpoint trained on); got '
+                   f'{args.palette!r}')
 
     try:
       classes = num_classes(args.seg_labels)
