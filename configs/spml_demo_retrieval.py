@@ -1,6 +1,7 @@
 r"""SPML segment retrieval on PartWorld's object masks with the MoCo demo (``configs/demo.py``), no download.
 
-    python -m cast_jax.evaluate.spml_retrieval_main --config=configs/spml_demo_retrieval.py --checkpoint=/tmp/cast_demo
+    python -m cast_jax.evaluate.spml_retrieval_main --config=configs/spml_demo_retrieval.py \
+        --checkpoint=/tmp/cast_demo
     python -m cast_jax.evaluate.spml_retrieval_main --config=configs/spml_demo_retrieval.py --checkpoint=/tmp/cast_demo \
         --untrained   # the same network at its seeded initialisation (the run's step 0)
 

@@ -1,12 +1,14 @@
 """SPML's segment retrieval on PartWorld (``configs/spml_demo_retrieval.py``, ``spml_retrieval_main --partworld``)
 with a ``cast`` MoCo checkpoint (the MoCo demo's kind) read through ``LastStageEmbedding``.
 
-A tiny ``cast`` MoCo model (48 wide (graph pooling has 12 heads), one block per stage) at its seeded initialisation is saved as a converted
-``.npz``; the command scores 4 validation images against a memory of 12 train images, and the counts are
-recomputed here in numpy from the model's own outputs (prototypes, majority labels, cosine top-k vote).
+A tiny ``cast`` MoCo model (48 wide, as graph pooling has 12 heads; one block per stage) at its seeded
+initialisation is saved as a converted ``.npz``; the command scores 4 validation images against a memory of 12
+train images, and the counts are recomputed here in numpy from the model's own outputs (prototypes, majority
+labels, cosine top-k vote).
 
-The three tests on that checkpoint are marked slow: together they take about 45 s of CPU (the model's
-initialisation and three forward compilations); the option and checkpoint checks run in the default suite.
+The three tests on that checkpoint are marked slow: together about 40 s of CPU, 2.5 min on the shared machine
+(the model's initialisation and three forward compilations); the option and checkpoint checks run in the
+default suite (under a second each).
 """
 
 from __future__ import annotations
@@ -54,7 +56,7 @@ def command(path, *extra):
           f'--top_k={TOP_K}'] + list(extra)
 
 
-@pytest.mark.slow  # shares the ~45 s CPU of the checkpoint fixture (module docstring)
+@pytest.mark.slow  # shares the ~40 s CPU of the checkpoint fixture (module docstring)
 def test_last_stage_embedding_is_the_projector_on_each_last_stage_token(checkpoint, forward):
   _, variables = checkpoint
   _, model_variables, apply = forward
@@ -112,7 +114,7 @@ def direct_counts(forward):
   return [np.sum([c[j] for c in counts], axis=0) for j in range(3)], len(labels)
 
 
-@pytest.mark.slow  # shares the ~45 s CPU of the checkpoint fixture (module docstring)
+@pytest.mark.slow  # shares the ~40 s CPU of the checkpoint fixture (module docstring)
 def test_the_partworld_command_scores_what_a_direct_computation_scores(checkpoint, forward):
   path, _ = checkpoint
   result = cli.run(command(path))
@@ -132,7 +134,7 @@ def test_the_partworld_command_scores_what_a_direct_computation_scores(checkpoin
   np.testing.assert_array_equal(tp, want_tp)
 
 
-@pytest.mark.slow  # shares the ~45 s CPU of the checkpoint fixture (module docstring)
+@pytest.mark.slow  # shares the ~40 s CPU of the checkpoint fixture (module docstring)
 def test_untrained_is_the_trainers_seeded_initialisation(checkpoint):
   path, variables = checkpoint
   # The checkpoint was saved from seed 1: --untrained --seed=1 rebuilds exactly its variables, seed 0 others.
