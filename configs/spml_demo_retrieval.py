@@ -3,7 +3,7 @@ r"""SPML segment retrieval on PartWorld's object masks with the MoCo demo (``con
     python -m cast_jax.evaluate.spml_retrieval_main --config=configs/spml_demo_retrieval.py \
         --checkpoint=/tmp/cast_demo
     python -m cast_jax.evaluate.spml_retrieval_main --config=configs/spml_demo_retrieval.py --checkpoint=/tmp/cast_demo \
-        --untrained   # the same network at its seeded initialisation (the run's step 0)
+        --untrained   # the same network at its seeded initialisation (seed 0, as the demo run drew it)
 
 The PartWorld version of ``configs/spml_cast_s_voc_retrieval.py`` (SPML's "before fine-tuning" protocol: no
 parameter is trained, train labels only name the memory's prototypes): the memory holds the level-4 segment
