@@ -29,10 +29,13 @@ class PartWorldSegmentation:
   """
 
   def __init__(self, num_examples: int, image_size: int = 224, seed: int = 0, split: str = 'train',
-               labels: str = 'objects'):
+               labels: str = 'objects', palette: str = 'random'):
     num_classes(labels)
     self.labels = labels
-    self._examples = partworld.PartWholeDataset(num_examples, image_size=image_size, seed=seed, split=split)
+    # palette: PartWorld's part colours ('random' or 'class', see partworld.make_example); a model pretrained on
+    # one rendering (the MoCo demo: 'class') is scored on the same.
+    self._examples = partworld.PartWholeDataset(num_examples, image_size=image_size, seed=seed, split=split,
+                                                palette=palette)
 
   def __len__(self) -> int:
     return len(self._examples)

@@ -215,44 +215,93 @@ def miou_from_counts(tp_fn, tp_fp, tp):
 
 # ------------------------------------------------------------------------------------------------------ model
 
-def load_moco_for_retrieval(path, spec):
+def load_moco_for_retrieval(path, spec, loaded=None):
   """SPML's retrieval model from a ``cast_seg_pretrain`` MoCo checkpoint (``cast_small_p512_retrieval``).
 
   The query encoder goes through ``loading.moco_seg_into_seg`` (position table resampled to ``spec``'s grid);
   the projector (``module.base_encoder.head``) is kept with its BatchNorm statistics. ``spec``: the ``cast_seg``
-  ModelSpec. Returns (SPMLEmbedding, variables {'params', 'batch_stats'} with 'encoder' and 'projector').
+  ModelSpec. loaded: (source spec, variables) already read (a converted .npz or a workdir); default: convert
+  the PyTorch file at ``path``. Returns (SPMLEmbedding, variables {'params', 'batch_stats'} with 'encoder' and
+  'projector').
   """
   from cast_jax import convert, loading
   from cast_jax.models import build_encoder
   from cast_jax.models.spml import SPMLEmbedding
 
-  moco = convert.convert_checkpoint(path)
-  if not moco.spec.moco or 'projector' not in moco.variables.get('params', {}):
-    raise ValueError(f'{path}: retrieval needs a MoCo checkpoint with its projector; got a {moco.spec.kind} '
-                     f'model without one. Use the cast_seg_pretrain MoCo checkpoint (e.g. the epoch-150 one).')
+  source, loaded_variables = loaded if loaded is not None else _converted(path)
+  _check_moco(source, loaded_variables, path)
   fresh = {c: convert.unflatten({p: np.zeros(s, np.float32) for p, s in shapes.items()})
            for c, shapes in convert.expected_shapes(spec).items()}
-  rules = loading.CROSS_KIND[(moco.spec.kind, spec.kind)]()
-  encoder, _ = loading.start_from(fresh, spec, moco.spec, moco.variables, rules, path=str(path))
-  variables = {col: {'encoder': encoder[col], 'projector': moco.variables[col]['projector']}
+  rules = loading.CROSS_KIND[(source.kind, spec.kind)]()
+  encoder, _ = loading.start_from(fresh, spec, source, loaded_variables, rules, path=str(path))
+  variables = {col: {'encoder': encoder[col], 'projector': loaded_variables[col]['projector']}
                for col in ('params', 'batch_stats')}
-  model = SPMLEmbedding(build_encoder(spec), projector_dims=(moco.spec.moco_mlp_dim, moco.spec.moco_dim))
+  model = SPMLEmbedding(build_encoder(spec), projector_dims=(source.moco_mlp_dim, source.moco_dim))
   return model, jax.tree_util.tree_map(jnp.asarray, variables)
+
+
+def _converted(path):
+  from cast_jax import convert
+
+  moco = convert.convert_checkpoint(path)
+  return moco.spec, moco.variables
+
+
+def _check_moco(source, variables, path) -> None:
+  if not source.moco or 'projector' not in variables.get('params', {}):
+    raise ValueError(f'{path}: retrieval needs a MoCo checkpoint with its projector; got a {source.kind} '
+                     f'model without one. Use the cast_seg_pretrain MoCo checkpoint (e.g. the epoch-150 one), or '
+                     "a MoCo run folder of a 'cast' model (configs/demo.py).")
+
+
+def last_stage_model(source, variables, path='the checkpoint', num_clusters=None, max_segments=None):
+  """The retrieval model of a ``cast`` MoCo checkpoint (the MoCo demo): ``LastStageEmbedding`` (its docstring
+  says why the last stage's tokens). source, variables: the checkpoint's spec and {'params', 'batch_stats'}
+  (``run_folder.load_variables``); num_clusters / max_segments override the checkpoint's (SPML changes the
+  cluster counts for its segmentation stage; None keeps them). Returns (model, variables)."""
+  from cast_jax.models import build_encoder
+  from cast_jax.models.spml import LastStageEmbedding
+
+  if source.kind != 'cast':
+    raise ValueError(f'{path} holds a {source.kind} model; the last-stage retrieval reads kind \'cast\' MoCo '
+                     "checkpoints (configs/demo.py); cast_seg_pretrain ones go through load_moco_for_retrieval")
+  _check_moco(source, variables, path)
+  spec = source.replace(moco=False, num_classes=0,
+                        num_clusters=tuple(num_clusters) if num_clusters else source.num_clusters,
+                        max_segments=max_segments or source.max_segments)
+  params = {'encoder': variables['params']['encoder'], 'projector': variables['params']['projector'],
+            'norm': variables['params']['encoder']['norm']}
+  stats = {'encoder': variables.get('batch_stats', {}).get('encoder', {}),
+           'projector': variables['batch_stats']['projector']}
+  model = LastStageEmbedding(build_encoder(spec), projector_dims=(source.moco_mlp_dim, source.moco_dim))
+  return model, jax.tree_util.tree_map(jnp.asarray, {'params': params, 'batch_stats': stats})
 
 
 # ---------------------------------------------------------------------------------------- images to the score
 
-def make_apply(model, variables, jit=jax.jit):
+def make_apply(model, variables, jit=jax.jit, level: Optional[int] = None):
   """jit(model.apply) in eval mode for one image: (h, w, 3) image, (h, w) superpixels -> (K4, C) prototypes,
   (K4,) present and (h, w) level-4 ids. One compilation per distinct (h, w). ``jit``: e.g. a jit with other
-  compiler options."""
-  k4 = model.encoder.num_clusters[-1]
+  compiler options. level: the pooling level whose segments make the prototypes (1-based; None: the last,
+  SPML's level 4); K4 is then that level's cluster count."""
+  from cast_jax.models.hierarchy import pixel_hierarchy
+
+  clusters = tuple(model.encoder.num_clusters)
+  level = len(clusters) if level is None else int(level)
+  if not 1 <= level <= len(clusters):
+    raise ValueError(f'segment level {level} does not exist: the model pools {len(clusters)} times '
+                     f'(clusters {clusters}); choose 1..{len(clusters)} (SPML uses the last, level 4)')
+  k4 = clusters[level - 1]
 
   @jit
   def run(variables, image, superpixels):
     out = model.apply(variables, image[None], superpixels[None], train=False)
-    protos, present = segment_prototypes(out['normalized_embedding'][0], out['level4'][0], num_segments=k4)
-    return protos, present, out['level4'][0]
+    if level == len(clusters):
+      ids = out['level4'][0]
+    else:
+      ids = pixel_hierarchy(out['intermediates'], superpixels[None])[0, level - 1]
+    protos, present = segment_prototypes(out['normalized_embedding'][0], ids, num_segments=k4)
+    return protos, present, ids
 
   return lambda image, superpixels: run(variables, jnp.asarray(image), jnp.asarray(superpixels))
 

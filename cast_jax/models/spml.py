@@ -8,6 +8,9 @@ Two uses, one module:
   ``SoftmaxClassifier``: 1x1 conv D->D (no bias), BatchNorm2d over all pixels of the map, ReLU, 1x1 conv ->
   n_cls (bias). Its logits live at the superpixel map's resolution; ``spml_loss`` resizes them to the labels.
 
+``LastStageEmbedding`` is the retrieval reading of a classification ``cast`` MoCo checkpoint (the MoCo demo), which
+has no fused per-superpixel tokens: the projector on each last-stage token (its docstring says why).
+
 Per-pixel embeddings are the tokens gathered by superpixel id (B, h, w, C); the L2-normalised ones
 (``F.normalize``, eps 1e-12) are what prototypes and retrieval use. ``level4`` is the argmax chain of the four
 pooling levels read per pixel (``ViT.generate_clusters`` before its batch offset and ``torch.unique``).
@@ -27,8 +30,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from cast_jax.models.heads import MoCoMLP
-from cast_jax.models.hierarchy import pixel_hierarchy
-from cast_jax.models.layers import BatchNorm
+from cast_jax.models.hierarchy import compose_assignments, level_logits, pixel_hierarchy
+from cast_jax.models.layers import VIT_LN_EPS, BatchNorm, layer_norm
 from cast_jax.models.resize import resize_2d
 
 IGNORE_LABEL = 255
@@ -103,6 +106,57 @@ class SPMLEmbedding(nn.Module):
     if self.num_classes:
       result['logits'] = SoftmaxClassifier(self.num_classes, self.dtype, name='classifier')(embedding, train=train)
     return result
+
+
+class LastStageEmbedding(nn.Module):
+  """Per-pixel retrieval embeddings of a *classification* CAST's MoCo checkpoint (kind 'cast', the MoCo demo).
+
+  SPML's retrieval needs one token per superpixel and the MoCo projector on every token (``SPMLEmbedding``); a
+  ``cast`` encoder has no BlockFusion and reads out only its class token: ``projector(norm(cls))`` after stage
+  L. The tokens that sit beside that class token are the stage-L tokens (``intermediates['block{L}']``, one per
+  level-(L-1) segment, after the same blocks); each goes through the same final LayerNorm and projector as the
+  class token did in training. A superpixel (and its pixels) takes the token of its level-(L-1) segment, so
+  the per-pixel embedding is the projector output of the last stage's token that holds it, and the retrieval
+  then averages it over the level-L segments exactly as for ``SPMLEmbedding``. (The stage-1 superpixel tokens
+  would be closer to SPML's fused tokens in resolution, but the projector never saw anything like them.)
+
+  Attributes:
+    encoder: a ``CAST`` with readout 'cls' (``build_encoder(ModelSpec(kind='cast', moco=True, ...))``).
+    projector_dims: (mlp_dim, out_dim) of the checkpoint's MoCo projector.
+  Parameters: ``encoder/...`` and ``projector/...`` as in the MoCo checkpoint; ``norm`` is a copy of the
+  encoder's final LayerNorm (``encoder/norm``), which the encoder only applies to its class token.
+  """
+
+  encoder: nn.Module
+  projector_dims: tuple[int, int]
+  dtype: Any = None
+
+  @nn.compact
+  def __call__(self, images, superpixels, train: bool = False):
+    """images (B, H, W, 3) normalised at the model's size; superpixels (B, H, W) ids. Returns a dict:
+
+      'tokens' (B, S, C): the projected last-stage token of each superpixel slot's level-(L-1) segment;
+      'stage_tokens' (B, K_{L-1}, C): the projected last-stage tokens themselves;
+      'projection' (B, C): ``projector(norm(cls))``, the MoCo projection the checkpoint trained;
+      'embedding', 'normalized_embedding' (B, H, W, C), 'level4' (B, H, W) and 'intermediates' as
+      ``SPMLEmbedding`` ('level4' is the last pooling level).
+    """
+    out = self.encoder(images, superpixels, train=train)
+    inter = out['intermediates']
+    levels = len(level_logits(inter))
+    if levels < 2:
+      raise ValueError(f'LastStageEmbedding needs a CAST with at least 2 pooling levels; got {levels}')
+    norm = layer_norm(VIT_LN_EPS, 'norm', self.dtype)
+    projector = MoCoMLP(3, *self.projector_dims, dtype=self.dtype, name='projector')
+    stage = norm(inter[f'block{levels}'])  # (B, K_{L-1}, D): the tokens beside the class token of stage L
+    batch, rows, dim = stage.shape
+    projected = projector(stage.reshape(batch * rows, dim), train=train).reshape(batch, rows, -1)
+    owner = compose_assignments(level_logits(inter)[:levels - 1])[-1]  # (B, S) level-(L-1) segment per slot
+    tokens = jnp.take_along_axis(projected, owner[..., None], axis=1)
+    embedding = gather_pixels(tokens, superpixels)
+    return {'tokens': tokens, 'stage_tokens': projected, 'projection': projector(out['features'], train=train),
+            'embedding': embedding, 'normalized_embedding': l2_normalize(embedding),
+            'level4': pixel_hierarchy(inter, superpixels)[:, -1], 'intermediates': inter}
 
 
 def resize_logits(logits, out_hw: tuple[int, int]):

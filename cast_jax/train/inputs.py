@@ -44,7 +44,7 @@ def _source(settings: str, split: str):
   if data.name == 'partworld_segmentation':
     count = data.num_train_examples if split == 'train' else data.num_eval_examples
     return PartWorldSegmentation(count, image_size=data.source_image_size, seed=data.seed, split=split,
-                                 labels=data.get('seg_labels', 'objects'))
+                                 labels=data.get('seg_labels', 'objects'), palette=data.get('palette', 'random'))
   if data.name == 'segmentation_folder':
     return segmentation_sources.SegmentationFolderSource(data.path, split, segmentation_sources.folder_layout(data))
   if data.name in segmentation_sources.DATASETS:
