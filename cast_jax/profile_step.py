@@ -36,7 +36,8 @@ import jax
 
 # ---------------------------------------------------------------------------------------------- HLO metadata
 
-_INSTRUCTION = re.compile(r'^\s*(?:ROOT\s+)?%?([\w.\-]+)\s*=\s*\S+(?:\s*\S*)?\s+([\w\-]+)\(')
+# ``name = shape opcode(operands)``; a shape is one token or a parenthesised tuple (multi-output fusions, while).
+_INSTRUCTION = re.compile(r'^\s*(?:ROOT\s+)?%?([\w.\-]+)\s*=\s*(?:\([^=]*?\)|\S+)\s+([\w\-]+)\(')
 _OP_NAME = re.compile(r'op_name="([^"]*)"')
 _FRAME_ID = re.compile(r'stack_frame_id=(\d+)')
 _FUSION_KIND = re.compile(r'kind=(k\w+)')

@@ -1,5 +1,7 @@
 """``cast_jax.profile_step``: op times from a real jax.profiler trace, attributed to kinds, phases and lines."""
 
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -51,3 +53,18 @@ def test_stack_frames_and_metadata_parse_hlo_text():
   frames = profile_step.parse_stack_frames(text)
   gelu = [m for m in metadata.values() if profile_step.op_source(m, frames).endswith('exact_gelu')]
   assert gelu, (metadata, frames)
+
+
+def test_every_instruction_is_found_including_tuple_shaped_ones():
+  """Multi-output fusions and while loops have tuple shapes ``(f32[..], s32[])``; their time must not be lost."""
+
+  def f(x):
+    a, b = jnp.sin(x), jnp.cos(x)
+    looped = jax.lax.fori_loop(0, 5, lambda i, c: c * 1.1 + a, x)  # a while loop over a tuple carry
+    return a.sum(0), b.max(0), looped
+
+  text = jax.jit(f).lower(jnp.ones((64, 64))).compile().as_text()
+  metadata = profile_step.instruction_metadata(text)
+  defined = set(re.findall(r'^\s*(?:ROOT\s+)?%?([\w.\-]+)\s*=', text, flags=re.M))
+  assert defined and defined == set(metadata), sorted(defined - set(metadata))
+  assert any(m['opcode'] == 'while' for m in metadata.values())
