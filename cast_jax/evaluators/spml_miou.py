@@ -17,13 +17,12 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.experimental import multihost_utils
 
 from cast_jax.data.decode import decode_image
 from cast_jax.evaluate.spml_inputs import prepare_test_image, restore_prediction
 from cast_jax.evaluate.spml_retrieval import check_labels, iou_counts, miou_from_counts
 from cast_jax.evaluators.base import Evaluator, register, variables_of
-from cast_jax.evaluators.miou import _host_variables
+from cast_jax.evaluators.miou import _host_variables, sum_over_processes
 from cast_jax.train import inputs
 
 
@@ -82,7 +81,7 @@ class SPMLMeanIoUEvaluator(Evaluator):
     count = len(source) if self.num_examples <= 0 else min(self.num_examples, len(source))
     indices = [i * len(source) // count for i in range(count)][jax.process_index()::jax.process_count()]
     batch = max(1, self.batch_size // jax.process_count())
-    totals = np.zeros((3, self.num_classes))  # tp_fn, tp_fp, tp
+    totals = np.zeros((3, self.num_classes), np.int64)  # tp_fn, tp_fp, tp: pixel counts, exact
     pending: dict[tuple[int, int], list[dict[str, np.ndarray]]] = {}
 
     def flush(key):
@@ -94,7 +93,7 @@ class SPMLMeanIoUEvaluator(Evaluator):
                                              np.stack([rows[i]['superpixels'] for i in take])))
       for row, prediction in zip(rows, predictions):
         restored = restore_prediction(prediction, row['labels_orig'].shape)
-        totals[:] += np.stack(iou_counts(restored, row['labels_orig'], self.num_classes))
+        totals[:] += np.stack(iou_counts(restored, row['labels_orig'], self.num_classes)).astype(np.int64)
 
     for index in indices:
       prepared = self._example(source, index)
@@ -105,6 +104,7 @@ class SPMLMeanIoUEvaluator(Evaluator):
     for key in list(pending):
       flush(key)
     if jax.process_count() > 1:
-      totals = np.asarray(multihost_utils.process_allgather(totals)).sum(0)
+      # float64 or int64 would travel as 32 bits without jax_enable_x64 (wrong above 2^24 / 2^31 pixels).
+      totals = sum_over_processes(totals)
     _, miou, pixel_acc = miou_from_counts(*totals)
     return {'miou': float(miou), 'pixel_acc': float(pixel_acc) * 100.0, 'num_examples': int(count)}, {}
