@@ -97,3 +97,28 @@ def test_shared_geometry_crops_and_flips_both_renderings_alike():
   different = [np.array_equal((o := independent(example, np.random.default_rng(seed)))['view1'], o['view2'])
                for seed in range(8)]
   assert all(same) and not any(different)
+
+
+def test_blur_sigma_sets_the_radius_range_and_reaches_the_moco_iterator(monkeypatch):
+  """``blur_sigma`` is the PIL radius range in pixels of the view: a tiny range leaves a 64 px view almost as
+  the crop made it, the original's (0.1, 2.0) smooths it much more (what a 224 px recipe does to a 64 px
+  demo), and the config field reaches the views of ``moco_train_iterator``."""
+  img = Image.fromarray(skdata.astronaut()).resize((64, 64), Image.BILINEAR)
+  rng = lambda: np.random.default_rng(0)
+  plain = dict(size=64, crop_scale=(1.0, 1.0), jitter_prob=0, grayscale_prob=0, blur_prob=1.0)
+  def sharpness(sigma):  # mean absolute horizontal gradient of the (unflipped or flipped) view
+    view = recipes.ViewAugmentation(**plain, blur_sigma=sigma)(img, rng()).astype(np.float32)
+    return np.abs(np.diff(view, axis=1)).mean()
+  unblurred = np.abs(np.diff(np.asarray(img, np.float32), axis=1)).mean()
+  assert abs(sharpness((0.01, 0.01)) - unblurred) < 1e-6 * unblurred + 1e-3
+  assert sharpness((0.0286, 0.571)) > 0.75 * unblurred  # at most 0.57 px: light
+  assert sharpness((2.0, 2.0)) < 0.5 * unblurred  # 2 px on a 64 px image: heavy
+
+  import ml_collections
+  from cast_jax.train import inputs
+  captured = {}
+  monkeypatch.setattr(inputs, 'train_iterator', lambda data, recipe, *a, **k: captured.setdefault('recipe', recipe))
+  data = ml_collections.ConfigDict(dict(image_size=64, crop_scale=(0.25, 1.0), blur_sigma=(0.03, 0.5),
+                                        superpixels='moco', superpixel_overrides={}))
+  inputs.moco_train_iterator(data, 8, 0, 0, 1)
+  assert captured['recipe'].view1.blur_sigma == (0.03, 0.5) == captured['recipe'].view2.blur_sigma

@@ -33,6 +33,9 @@ class ViewAugmentation:
   grayscale_prob: float = 0.2
   blur_prob: float = 1.0
   solarize_prob: float = 0.0
+  # PIL blur radius range in pixels of the output view. The original's (0.1, 2.0) is for 224 px views; a
+  # smaller view keeps the same relative strength with the range scaled by size / 224 (configs/demo.py).
+  blur_sigma: tuple[float, float] = (0.1, 2.0)
 
   def __call__(self, img: Image.Image, rng: np.random.Generator, geometry: tuple | None = None) -> np.ndarray:
     """geometry: an optional ((top, left, h, w), flip) drawn by ``draw_geometry`` and used instead of this
@@ -47,7 +50,7 @@ class ViewAugmentation:
     if rng.random() < self.grayscale_prob:
       img = augment.grayscale(img)
     if rng.random() < self.blur_prob:
-      img = augment.gaussian_blur(img, rng)
+      img = augment.gaussian_blur(img, rng, self.blur_sigma)
     if rng.random() < self.solarize_prob:
       img = augment.solarize(img)
     flip = rng.random() < 0.5 if geometry is None else geometry[1]

@@ -53,6 +53,8 @@ def moco_defaults() -> ml_collections.ConfigDict:
       # The two views' appearance augmentations (view 1, view 2 where a pair), the original's values; and
       # shared_geometry (not in the original): one crop box and flip for both views.
       jitter_prob=0.8, grayscale_prob=0.2, blur_probs=(1.0, 0.1), solarize_probs=(0.0, 0.2),
+      # The blur's radius range in pixels of the view (the original's, for 224 px views).
+      blur_sigma=(0.1, 2.0),
       shared_geometry=False))
   c.batch_size = 256  # global, over all devices and processes
   c.num_epochs = 100

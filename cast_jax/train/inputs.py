@@ -80,7 +80,8 @@ def moco_train_iterator(data, batch_size: int, seed: int, process_index: int, pr
                                     jitter_prob=data.get('jitter_prob', 0.8),
                                     grayscale_prob=data.get('grayscale_prob', 0.2),
                                     blur_prob=tuple(data.get('blur_probs', (1.0, 0.1)))[i],
-                                    solarize_prob=tuple(data.get('solarize_probs', (0.0, 0.2)))[i])
+                                    solarize_prob=tuple(data.get('solarize_probs', (0.0, 0.2)))[i],
+                                    blur_sigma=tuple(data.get('blur_sigma', (0.1, 2.0))))
            for i in range(2)]
   recipe = recipes.MoCoTwoViews(superpixel_fn(data, uses_superpixels), view1=views[0], view2=views[1],
                                 shared_geometry=bool(data.get('shared_geometry', False)))
