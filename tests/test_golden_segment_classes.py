@@ -14,16 +14,18 @@ from PIL import Image
 from cast_jax import convert, segment, visualize
 from cast_jax.models.variants import ModelSpec
 from cast_jax.segment_classes import ClassMapSegmenter, settings_for, write_class_map
-from test_golden_segmenter import TIE_MARGIN, WINDOW_FOLDERS, require_folder, segmenter_spec
+from conftest import checkpoint_path
+from test_golden_segmenter import (TIE_MARGIN, WINDOW_FOLDERS, require_folder, segmenter_spec,
+                                   window_slots)
 
 
 def converted(tmp_path, folder):
   """(meta, inputs, outputs, npz path) of a segmenter_window folder, its checkpoint converted."""
   path = require_folder(folder)
   meta = json.loads((path / 'meta.json').read_text())
-  spec = segmenter_spec(meta, 20)  # slots for a window's 16 SEEDS cells (the command raises it when fewer)
+  spec = segmenter_spec(meta, window_slots(meta))  # the command raises the slots when a window needs more
   npz = tmp_path / 'segmenter.npz'
-  assert convert.main([str((path / meta['checkpoint'].split(' ')[0]).resolve()), str(npz),
+  assert convert.main([str(checkpoint_path(path)), str(npz),
                        '--max-segments', str(spec.max_segments), '--num-clusters', ','.join(map(str, spec.num_clusters)),
                        '--decoder-heads', str(spec.decoder_heads), '--num-heads', str(spec.num_heads)]) == 0
   return meta, np.load(path / 'inputs.npz'), np.load(path / 'outputs.npz'), npz
