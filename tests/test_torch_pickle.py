@@ -27,10 +27,21 @@ from cast_jax.torch_pickle import (
     load_torch_checkpoint,
 )
 
-from conftest import checkpoint_path, golden_dir, golden_folder, golden_folder_params, load_meta, require_golden
+from conftest import (REPO_ROOT, checkpoint_path, golden_dir, golden_folder, golden_folder_params, load_meta,
+                      missing_fixture, require_golden)
 
 # The golden checkpoints are found by meta.json kind (conftest), never by folder or file name.
-SPEC = Path(os.environ.get("CAST_SPEC_DIR", golden_dir().parent / "spec")) / "state_dict_keys"
+
+
+def spec_dir() -> Path:
+  """The state-dict key lists of the full-size models: $CAST_SPEC_DIR, else 'spec' beside the golden root, else
+  ../shared/spec next to the repository (a fixture set elsewhere still finds the shared spec)."""
+  candidates = [Path(os.environ["CAST_SPEC_DIR"])] if "CAST_SPEC_DIR" in os.environ else []
+  candidates += [golden_dir().parent / "spec", REPO_ROOT.parent / "shared" / "spec"]
+  for candidate in candidates:
+    if (candidate / "state_dict_keys").is_dir():
+      return candidate / "state_dict_keys"
+  missing_fixture(f"no state_dict_keys/ in {[str(c) for c in candidates]}: set CAST_SPEC_DIR to the spec folder")
 
 
 def golden(folder: str) -> Path:
@@ -40,7 +51,7 @@ def golden(folder: str) -> Path:
 
 
 def spec_keys(name: str) -> list[tuple[str, tuple]]:
-  rows = [line.split("\t") for line in (SPEC / name).read_text().splitlines() if line]
+  rows = [line.split("\t") for line in (spec_dir() / name).read_text().splitlines() if line]
   return [(r[0], tuple(int(d) for d in r[1].strip("()").split(",") if d.strip())) for r in rows]
 
 
@@ -54,7 +65,8 @@ def assert_keys_follow_spec(keys: list[str], ranks: list[int], spec: list[tuple[
   """The checkpoint's keys against the spec's list for the full-size model: in the same order with the same ranks
   when the depths agree (the fixtures are narrower, not shallower), else the same names per block and ranks."""
   spec_names = [k for k, _ in spec]
-  spec_depth = 1 + max(int(m.group(1)) for k in spec_names for m in [re.search(r"(?:^|\.)blocks\.(\d+)\.", k)] if m)
+  # cast.py names each block twice (blocks.N and blocksK.N), cast_seg.py only blocksK.N: N counts the blocks.
+  spec_depth = 1 + max(int(m.group(1)) for k in spec_names for m in [re.search(r"(?:^|\.)blocks\d?\.(\d+)\.", k)] if m)
   if sum(depth) == spec_depth:
     assert keys == spec_names
     assert ranks == [len(shape) for _, shape in spec]
