@@ -66,8 +66,25 @@ def test_segment_command_writes_the_originals_class_map(folder, tmp_path, capsys
 
   large = np.asarray(Image.open(out / 'coffee_x2_classes.png'))
   assert large.shape == (2 * height, 2 * width)
-  agree = np.mean(large == expected['prediction'].repeat(2, 0).repeat(2, 1))
-  assert agree > 0.95, agree  # the same map, up to the bilinear resize of the logits at class borders
+  # The same logits, bilinearly resized x2 before the argmax: each output pixel mixes its own pixel's logits with
+  # neighbours' (align_corners=False), and a mix of logits that all pick class c picks c. So it may differ from
+  # the original's map only where a pixel's 3x3 neighbourhood holds another class or a near-tie.
+  differ = large != expected['prediction'].repeat(2, 0).repeat(2, 1)
+  allowed = near(expected['prediction'], lambda shifted, own: shifted != own)
+  allowed |= near(expected['prediction_margin'], lambda shifted, own: shifted < TIE_MARGIN)
+  outside = differ & ~allowed.repeat(2, 0).repeat(2, 1)
+  assert not outside.any(), f'{int(outside.sum())} pixels of the x2 map differ away from class borders and ties'
+
+
+def near(values: np.ndarray, test) -> np.ndarray:
+  """(H, W) bool: ``test(neighbour, own)`` holds for some pixel of the 3x3 neighbourhood (edges repeated)."""
+  height, width = values.shape
+  padded = np.pad(values, 1, mode='edge')
+  found = np.zeros((height, width), bool)
+  for dy in (0, 1, 2):
+    for dx in (0, 1, 2):
+      found |= test(padded[dy:dy + height, dx:dx + width], values)
+  return found
 
 
 def test_class_map_settings_from_a_workdir_and_defaults(tmp_path):
