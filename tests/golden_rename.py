@@ -63,6 +63,9 @@ def _rewritten(meta: dict, folder: str, layout: dict[str, str]) -> dict:
       named, _, rest = value.partition(' ')
       old = os.path.normpath(os.path.join(folder, named))
       old_folder, name = os.path.split(old)
+      if old_folder not in layout:  # already stale in the source tree: left as it is
+        out[key] = value
+        continue
       new = os.path.relpath(os.path.join(layout[old_folder], name), layout[folder])
       value = f'{new} {rest}'.rstrip() if rest else new
     out[key] = value
