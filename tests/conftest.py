@@ -37,11 +37,17 @@ def golden_folders(*kinds: str) -> list[str]:
     return []
   wanted = set(kinds or MODEL_KINDS)
   found = []
-  for meta_file in root.rglob('meta.json'):
-    kind = json.loads(meta_file.read_text()).get('kind')
+  for meta_json in root.rglob('meta.json'):
+    kind = json.loads(meta_json.read_text()).get('kind')
     if kind in wanted:
-      found.append(meta_file.parent.relative_to(root).as_posix())
+      found.append(meta_json.parent.relative_to(root).as_posix())
   return sorted(found)
+
+
+def all_golden_folders() -> list[str]:
+  """Every folder under the golden root that has a meta.json, whatever its kind (relative paths, sorted)."""
+  root = golden_dir()
+  return sorted(p.parent.relative_to(root).as_posix() for p in root.rglob('meta.json')) if root.is_dir() else []
 
 
 def golden_folder_params(*kinds: str, needs: tuple[str, ...] = ()) -> list[str]:
@@ -93,13 +99,93 @@ def missing_fixture(message: str) -> None:
   pytest.skip(message)
 
 
-def load_meta(folder: str) -> dict:
+def load_meta(folder) -> dict:
+  """meta.json of a golden folder (relative to the golden root, or an absolute path)."""
   return json.loads((golden_dir() / folder / 'meta.json').read_text())
 
 
-def checkpoint_path(folder: str) -> pathlib.Path:
-  files = [p for p in (golden_dir() / folder).iterdir() if p.suffix in ('.pth', '.tar')]
-  assert len(files) == 1, f'expected one checkpoint in {folder}, found {files}'
+def golden_paths(*kinds: str, needs: tuple[str, ...] = ()) -> list[pathlib.Path]:
+  """``golden_folders(*kinds)`` holding every file in ``needs``, as absolute paths (for tests that read several
+  files of each folder)."""
+  root = golden_dir()
+  return [root / f for f in golden_folders(*kinds) if all((root / f / name).is_file() for name in needs)]
+
+
+def golden_paths_or_skip(kind: str, needs: tuple[str, ...] = ()) -> list[pathlib.Path]:
+  """``golden_paths(kind, needs=needs)``; none at all is a skip (a failure in CI) that names what was looked for."""
+  folders = golden_paths(kind, needs=needs)
+  if not folders:
+    wanted = f' holding {", ".join(needs)}' if needs else ''
+    missing_fixture(f'no golden folder with meta.json kind "{kind}"{wanted} under {golden_dir()} '
+                    f'(set CAST_GOLDEN_DIR to the folder holding the original\'s outputs)')
+  return folders
+
+
+# meta.json fields that name a file in ANOTHER fixture folder ('../../<folder>/<file>'), with the kind of that
+# folder (and, for 'moco', whether its arch is cast_seg's). A generator run under other folder names may keep the
+# original names in these strings; the file is then found by that kind and its file name (meta_file).
+REFERENCED_KINDS = {
+    ('segmenter_window', 'checkpoint'): ('segmenter', None),
+    ('spml', 'moco_checkpoint'): ('moco', True),
+    ('spml_retrieval', 'moco_checkpoint'): ('moco', True),
+}
+
+
+def _named_file(text: str) -> str:
+  """The file a meta.json description starts with: 'model.pth: {...}' or '../x/checkpoint.pth (same...)'."""
+  return text.split()[0].rstrip(':,;')
+
+
+def meta_file(folder, key: str = 'checkpoint') -> pathlib.Path:
+  """The file meta.json's ``key`` names, resolved relative to ``folder`` (relative to the golden root, or absolute).
+
+  When the relative path does not exist (another fixture set under other folder names, whose meta.json still
+  names the original folders), the file is looked up by its name in the folders of the kind REFERENCED_KINDS
+  gives (any kind if unknown); among several, the one sharing the longest path prefix with ``folder`` (the same
+  fixture set) wins, and a tie is an error naming the candidates.
+  """
+  root = golden_dir()
+  path = root / folder
+  meta = load_meta(path)
+  if key not in meta:
+    pytest.fail(f'{path}/meta.json has no {key!r} entry naming a file (it has {sorted(meta)})')
+  named = _named_file(str(meta[key]))
+  direct = path / named
+  if direct.is_file():
+    return direct
+  kind, seg_arch = REFERENCED_KINDS.get((meta.get('kind'), key), (None, None))
+  candidates = []
+  for other in (golden_folders(kind) if kind else all_golden_folders()):
+    if (root / other).resolve() == path.resolve() or not (root / other / pathlib.PurePath(named).name).is_file():
+      continue
+    if seg_arch is not None and ('seg' in load_meta(other).get('arch', '')) != seg_arch:
+      continue
+    candidates.append(other)
+  if not candidates:
+    pytest.fail(f'{path}/meta.json {key!r} names {named}, which is neither at {direct} nor in any golden folder '
+                f'of kind {kind or "any"} under {root}')
+  here = path.resolve().relative_to(root.resolve()).parts
+
+  def shared(other: str) -> int:
+    return len(os.path.commonprefix([here, pathlib.PurePath(other).parts]))
+
+  best = max(shared(c) for c in candidates)
+  nearest = [c for c in candidates if shared(c) == best]
+  if len(nearest) > 1:
+    pytest.fail(f'{path}/meta.json {key!r} names {named}: not at {direct}, and several golden folders of kind '
+                f'{kind} hold it ({nearest}); give each fixture set its own folder')
+  return root / nearest[0] / pathlib.PurePath(named).name
+
+
+def checkpoint_path(folder) -> pathlib.Path:
+  """The checkpoint of a golden folder: the file meta.json's 'checkpoint' names when it is there or names another
+  folder's file (resolved as ``meta_file``), else the folder's one .pth / .tar file."""
+  path = golden_dir() / folder
+  named = _named_file(str(load_meta(path).get('checkpoint', '')) or '-')
+  if (path / named).is_file() or '/' in named:
+    return meta_file(folder, 'checkpoint')
+  files = [p for p in path.iterdir() if p.suffix in ('.pth', '.tar')]
+  assert len(files) == 1, f'expected one checkpoint in {path}, found {files}'
   return files[0]
 
 

@@ -14,16 +14,18 @@ from PIL import Image
 from cast_jax import convert, segment, visualize
 from cast_jax.models.variants import ModelSpec
 from cast_jax.segment_classes import ClassMapSegmenter, settings_for, write_class_map
-from test_golden_segmenter import TIE_MARGIN, WINDOW_FOLDERS, require_folder, segmenter_spec
+from conftest import checkpoint_path
+from test_golden_segmenter import (TIE_MARGIN, WINDOW_FOLDERS, require_folder, segmenter_spec,
+                                   window_slots)
 
 
 def converted(tmp_path, folder):
   """(meta, inputs, outputs, npz path) of a segmenter_window folder, its checkpoint converted."""
   path = require_folder(folder)
   meta = json.loads((path / 'meta.json').read_text())
-  spec = segmenter_spec(meta, 20)  # slots for a window's 16 SEEDS cells (the command raises it when fewer)
+  spec = segmenter_spec(meta, window_slots(meta))  # the command raises the slots when a window needs more
   npz = tmp_path / 'segmenter.npz'
-  assert convert.main([str((path / meta['checkpoint'].split(' ')[0]).resolve()), str(npz),
+  assert convert.main([str(checkpoint_path(path)), str(npz),
                        '--max-segments', str(spec.max_segments), '--num-clusters', ','.join(map(str, spec.num_clusters)),
                        '--decoder-heads', str(spec.decoder_heads), '--num-heads', str(spec.num_heads)]) == 0
   return meta, np.load(path / 'inputs.npz'), np.load(path / 'outputs.npz'), npz
@@ -64,8 +66,25 @@ def test_segment_command_writes_the_originals_class_map(folder, tmp_path, capsys
 
   large = np.asarray(Image.open(out / 'coffee_x2_classes.png'))
   assert large.shape == (2 * height, 2 * width)
-  agree = np.mean(large == expected['prediction'].repeat(2, 0).repeat(2, 1))
-  assert agree > 0.95, agree  # the same map, up to the bilinear resize of the logits at class borders
+  # The same logits, bilinearly resized x2 before the argmax: each output pixel mixes its own pixel's logits with
+  # neighbours' (align_corners=False), and a mix of logits that all pick class c picks c. So it may differ from
+  # the original's map only where a pixel's 3x3 neighbourhood holds another class or a near-tie.
+  differ = large != expected['prediction'].repeat(2, 0).repeat(2, 1)
+  allowed = near(expected['prediction'], lambda shifted, own: shifted != own)
+  allowed |= near(expected['prediction_margin'], lambda shifted, own: shifted < TIE_MARGIN)
+  outside = differ & ~allowed.repeat(2, 0).repeat(2, 1)
+  assert not outside.any(), f'{int(outside.sum())} pixels of the x2 map differ away from class borders and ties'
+
+
+def near(values: np.ndarray, test) -> np.ndarray:
+  """(H, W) bool: ``test(neighbour, own)`` holds for some pixel of the 3x3 neighbourhood (edges repeated)."""
+  height, width = values.shape
+  padded = np.pad(values, 1, mode='edge')
+  found = np.zeros((height, width), bool)
+  for dy in (0, 1, 2):
+    for dx in (0, 1, 2):
+      found |= test(padded[dy:dy + height, dx:dx + width], values)
+  return found
 
 
 def test_class_map_settings_from_a_workdir_and_defaults(tmp_path):

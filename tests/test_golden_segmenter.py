@@ -1,7 +1,7 @@
 """Parity with the original Segmenter (segmenter/segm): eval-mode masks, the decoder alone, the pad path and
 sliding-window inference.
 
-Folders are found by meta.json ``kind`` under ``$CAST_GOLDEN_DIR/segmentation``; every model is built from the
+Folders are found by meta.json ``kind`` anywhere under ``$CAST_GOLDEN_DIR``; every model is built from the
 folder's meta.json and its checkpoint goes through the command-line converter.
 """
 
@@ -21,25 +21,24 @@ from cast_jax.sliding_window import (SEGMENTER_MEAN, SEGMENTER_STD, SlidingWindo
                                      denormalize_to_uint8, normalize, resize_short_side, segmenter_window_fn,
                                      sliding_window_inference, window_anchors)
 from cast_jax.superpixels import compute_superpixels, preset, seeds_grid
-from conftest import assert_close_golden, fast_jit, golden_dir, missing_fixture
+from conftest import assert_close_golden, checkpoint_path, fast_jit, golden_dir, golden_folders, missing_fixture
 
 # Below this margin the original's own float32 noise may flip an argmax (golden README, "Near-ties").
 TIE_MARGIN = 1e-5
 
 
 def segmentation_folders(kind: str) -> list[str]:
-  root = golden_dir() / 'segmentation'
-  if not root.is_dir():
-    return []
-  return sorted(p.name for p in root.iterdir()
-                if (p / 'meta.json').is_file() and json.loads((p / 'meta.json').read_text())['kind'] == kind)
+  """Golden folders of meta.json ``kind`` ('segmenter', 'segmenter_window'), relative to the root, wherever they
+  sit and whatever they are called."""
+  return golden_folders(kind)
 
 
 def require_folder(name: str):
-  path = golden_dir() / 'segmentation' / name
+  """The absolute path of a folder from ``segmentation_folders`` (a placeholder id: skip, or fail in CI)."""
+  path = golden_dir() / name
   if not (path / 'meta.json').is_file():
-    message = f'segmentation golden fixtures not found at {path}: set CAST_GOLDEN_DIR to the folder above segmentation/'
-    missing_fixture(message)
+    missing_fixture(f'segmentation golden fixture {name.strip("<>")} not found under {golden_dir()}: set '
+                    'CAST_GOLDEN_DIR to the folder holding the original\'s outputs')
   return path
 
 
@@ -57,7 +56,7 @@ def segmenter_spec(meta: dict, max_segments: int) -> ModelSpec:
 
 def converted_variables(folder_path, meta, spec, tmp_path):
   """The folder's checkpoint through ``python -m cast_jax.convert``; checks what it detected."""
-  checkpoint = folder_path / meta['checkpoint'].split(':')[0].split(' ')[0]
+  checkpoint = checkpoint_path(folder_path)  # meta.json's 'checkpoint' (segmenter_window: another folder's)
   dst = tmp_path / 'segmenter.npz'
   argv = [str(checkpoint), str(dst), '--num-clusters', ','.join(map(str, spec.num_clusters)),
           '--max-segments', str(spec.max_segments), '--num-heads', str(spec.num_heads),
@@ -175,6 +174,13 @@ def test_segmenter_rejects_mismatched_superpixels():
     ModelSpec(kind='cast_deit', seg_classes=3)
 
 
+def window_slots(meta: dict) -> int:
+  """Token slots for a segmenter_window fixture: more than any window's superpixels (SEEDS' grid may exceed the
+  request) and the first level's clusters, so that padding slots are exercised (they must change nothing)."""
+  window, requested = meta['window_size'], meta['num_superpixels_per_window']
+  return max(seeds_grid(window, window, requested).count, requested, meta['encoder']['num_clusters'][0]) + 4
+
+
 WINDOW_FOLDERS = segmentation_folders('segmenter_window') or ['<segmenter_window fixtures missing>']
 
 
@@ -187,10 +193,7 @@ def test_sliding_window_inference_matches_original(folder, tmp_path):
                            window_batch=meta['window_batch_size'], mean=tuple(meta['normalization']['mean']),
                            std=tuple(meta['normalization']['std']))
   assert settings.superpixels.segments_for(settings.window, settings.window) == meta['num_superpixels_per_window']
-  # More slots than any window's superpixels (SEEDS' grid may exceed the request): padding slots change nothing.
-  ws = settings.window
-  seeds_count = seeds_grid(ws, ws, meta['num_superpixels_per_window']).count
-  slots = max(seeds_count, meta['num_superpixels_per_window'], meta['encoder']['num_clusters'][0]) + 4
+  slots = window_slots(meta)
   spec = segmenter_spec(meta, slots)
   variables = converted_variables(path, meta, spec, tmp_path)
   model = build_model(spec)
@@ -307,7 +310,7 @@ def test_segmenter_checkpoint_conversion_names_what_does_not_fit():
 
   path = require_folder((segmentation_folders('segmenter') or ['<no segmenter fixtures>'])[0])
   meta = json.loads((path / 'meta.json').read_text())
-  checkpoint = load_torch_checkpoint(path / 'checkpoint.pth')
+  checkpoint = load_torch_checkpoint(checkpoint_path(path))
   overrides = dict(num_clusters=tuple(meta['encoder']['num_clusters']), max_segments=64)
   branches, info = convert.split_branches(checkpoint)
   assert set(branches) == {'encoder', 'decoder'} and info['segmenter'] and info['n_cls'] == meta['n_cls']
@@ -316,14 +319,16 @@ def test_segmenter_checkpoint_conversion_names_what_does_not_fit():
   assert spec.seg_classes == meta['n_cls']
   assert spec.decoder_size()['n_heads'] == max(1, meta['decoder']['d_model'] // 64)
 
-  with pytest.raises(convert.ConversionError, match=r'n_cls=7 but decoder.cls_emb has 6'):
-    convert.detect_spec(branches, dict(info, n_cls=7), overrides)
+  n_cls = meta['n_cls']
+  with pytest.raises(convert.ConversionError, match=rf'n_cls={n_cls + 1} but decoder.cls_emb has {n_cls}'):
+    convert.detect_spec(branches, dict(info, n_cls=n_cls + 1), overrides)
   model = dict(checkpoint['model'], **{'aux_head.weight': np.zeros((2, 2), np.float32)})
   with pytest.raises(convert.ConversionError, match='aux_head.weight'):
     convert.split_branches(dict(checkpoint, model=model))
-  model = {k: v for k, v in checkpoint['model'].items() if k != 'decoder.blocks.1.norm1.weight'}
+  last = meta['decoder']['n_layers'] - 1
+  model = {k: v for k, v in checkpoint['model'].items() if k != f'decoder.blocks.{last}.norm1.weight'}
   branches, info = convert.split_branches(dict(checkpoint, model=model))
-  with pytest.raises(convert.ConversionError, match='missing params/decoder/blocks_1/norm1/scale'):
+  with pytest.raises(convert.ConversionError, match=f'missing params/decoder/blocks_{last}/norm1/scale'):
     convert.convert_state(branches, info, spec)
 
 

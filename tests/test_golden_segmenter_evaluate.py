@@ -1,10 +1,10 @@
-"""``python -m cast_jax.evaluate`` on a converted Segmenter checkpoint: the golden ``segmenter_cast`` checkpoint
+"""``python -m cast_jax.evaluate`` on a converted Segmenter checkpoint: the golden Segmenter checkpoint
 through the command-line converter, scored by the ``miou`` evaluator on a few PartWorld images written as an
 mmseg-style folder (images, label PNGs, a split list), against an mIoU computed here directly.
 
-The model is built from the ``segmenter_window`` folder's meta.json (same checkpoint, its window settings).
+The model is built from the meta.json of the folder of kind ``segmenter_window`` (same checkpoint, its window settings).
 Three 64x64 images go through the evaluator's whole-image batches (the last one padded), one 64x90 image
-through its sliding window; labels 6-8 (PartWorld objects the 6-class model does not have) are written as 255.
+through its sliding window; PartWorld object ids the model's n_cls classes do not cover are written as 255.
 """
 
 from __future__ import annotations
@@ -21,10 +21,9 @@ from cast_jax.data.segmentation import normalize
 from cast_jax.evaluate.__main__ import evaluate_checkpoint
 from cast_jax.models import build_model
 from cast_jax.sliding_window import SlidingWindow, sliding_window_inference
-from cast_jax.superpixels import seeds_grid
 from cast_jax.train.config_lib import segmenter_defaults
-from conftest import fast_jit
-from test_golden_segmenter import WINDOW_FOLDERS, require_folder, segmenter_spec
+from conftest import checkpoint_path, fast_jit
+from test_golden_segmenter import WINDOW_FOLDERS, require_folder, segmenter_spec, window_slots
 
 LAYOUT = dict(img_dir='img/{split}', ann_dir='ann/{split}', split_file='splits/{split}.txt', img_suffix='.png',
               seg_map_suffix='.png')
@@ -80,10 +79,9 @@ def test_evaluate_converted_segmenter_equals_direct_miou(folder, tmp_path):
   path = require_folder(folder)
   meta = json.loads((path / 'meta.json').read_text())
   window = meta['window_size']
-  slots = max(seeds_grid(window, window, meta['num_superpixels_per_window']).count,
-              meta['encoder']['num_clusters'][0]) + 4
+  slots = window_slots(meta)
   spec = segmenter_spec(meta, slots)
-  checkpoint = (path / meta['checkpoint'].split(' ')[0]).resolve()
+  checkpoint = checkpoint_path(path)  # meta.json names the segmenter folder's checkpoint
   npz = tmp_path / 'segmenter.npz'
   assert convert.main([str(checkpoint), str(npz), '--num-clusters', ','.join(map(str, spec.num_clusters)),
                        '--decoder-heads', str(spec.decoder_heads), '--num-heads', str(spec.num_heads)]) == 0

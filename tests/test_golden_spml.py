@@ -1,8 +1,8 @@
-"""SPML's CAST embedding model and SoftmaxClassifier against the original (segmentation/<kind 'spml'>).
+"""SPML's CAST embedding model and SoftmaxClassifier against the original (golden folders of kind 'spml').
 
 Forward (eval mode): the fused tokens (``spix_embedding``), the classifier's logits at the superpixel map's
 resolution, the level-4 cluster of every pixel (argmax chain; the original offsets ids by batch and makes them
-contiguous with ``torch.unique``). Training: two updates of SPML's SGD on ``lr_poly`` from ``snapshot_init.pth``,
+contiguous with ``torch.unique``). Training: two updates of SPML's SGD on ``lr_poly`` from the snapshot meta.json names,
 in train mode with every dropout at 0: the losses, the gradients of both updates and every parameter and
 BatchNorm statistic after them (train_steps.npz, full values or fingerprints; tolerances from the README).
 Everything is built from meta.json, so other fixture sets (class counts, batch, clusters) run the same checks.
@@ -22,25 +22,20 @@ from cast_jax import convert
 from cast_jax.models import ModelSpec, build_encoder
 from cast_jax.models.spml import SPMLEmbedding, classifier_from_torch
 from cast_jax.torch_pickle import load_torch_checkpoint
-from conftest import fast_jit, fingerprint, golden_dir, missing_fixture, require_golden
+from conftest import (checkpoint_path, fast_jit, fingerprint, golden_paths, golden_paths_or_skip, missing_fixture,
+                      require_golden)
 
 BACKBONE, CLASSIFIER = 'embedding_model.vit_backbone.', 'prediction_model.'
 
 
 def spml_folders(kind: str):
-  root = golden_dir() / 'segmentation'
-  if not root.is_dir():
-    return []
-  return sorted(p for p in root.iterdir()
-                if (p / 'meta.json').is_file() and json.loads((p / 'meta.json').read_text())['kind'] == kind)
+  """Absolute paths of the golden folders of meta.json ``kind`` ('spml', 'spml_retrieval'), wherever they sit."""
+  return golden_paths(kind)
 
 
 def folders_or_skip(kind: str = 'spml'):
   require_golden()
-  folders = spml_folders(kind)
-  if not folders:
-    missing_fixture(f'no segmentation/ folder with kind "{kind}" under {golden_dir()}')
-  return folders
+  return golden_paths_or_skip(kind)
 
 
 def backbone_spec(meta: dict, **dropouts) -> ModelSpec:
@@ -78,7 +73,7 @@ def finetune_setup(folder):
   slots = max(meta['num_superpixels'], int(np.load(folder / 'inputs.npz')['superpixels'].max()) + 1)
   spec = backbone_spec({**meta, 'num_superpixels': slots}, pool_dropout=0.0, fusion_dropout=0.0)
   model = SPMLEmbedding(build_encoder(spec), num_classes=meta['classifier']['num_classes'])
-  snapshot = load_torch_checkpoint(folder / 'snapshot_init.pth')
+  snapshot = load_torch_checkpoint(checkpoint_path(folder))  # meta.json's 'checkpoint': the initial snapshot
   enc = encoder_variables(snapshot['embedding_model'], spec)
   cls = classifier_from_torch(snapshot['prediction_model'])
   variables = {col: {'encoder': enc[col], 'classifier': cls[col]} for col in ('params', 'batch_stats')}
@@ -115,8 +110,9 @@ def test_forward_tokens_logits_and_level4_clusters(index):
   np.testing.assert_array_equal(out['logits'].argmax(-1)[sure], want['prediction'][sure])
 
   # Level-4 clusters: the argmax chain per pixel, identical where every level's margin is above noise.
-  assert all(float(want[f'assign_margin{l}'].min()) > 1e-5 for l in range(1, 5))
-  for level in range(1, 5):
+  levels = range(1, len(spec.num_clusters) + 1)
+  assert all(float(want[f'assign_margin{l}'].min()) > 1e-5 for l in levels)
+  for level in levels:
     np.testing.assert_array_equal(out['intermediates'][f'logit{level}'].argmax(-1), want[f'assign{level}'])
   np.testing.assert_array_equal(contiguous_clusters(out['level4']), want['cluster_index'])
   batch = superpixels.shape[0]

@@ -1,4 +1,4 @@
-"""SPML's segment retrieval against the original (segmentation/<kind 'spml_retrieval'>).
+"""SPML's segment retrieval against the original (golden folders of kind 'spml_retrieval').
 
 The retrieval model is built from the MoCo checkpoint (query encoder with its table resampled, projector kept);
 every memory image and query runs at batch 1 as in the original. Compared: the projected superpixel tokens, the
@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from cast_jax.evaluate import spml_inputs, spml_retrieval as sr
-from conftest import fast_jit
+from conftest import fast_jit, meta_file
 from test_golden_spml import backbone_spec, contiguous_clusters, folders_or_skip, scaled_error, spml_folders
 
 @functools.lru_cache(maxsize=None)
@@ -28,7 +28,7 @@ def run_retrieval(folder):
   slots = max(meta['num_superpixels'], int(inputs['train_superpixels_orig'].max()) + 1,
               int(inputs['query_superpixels'].max()) + 1)
   spec = backbone_spec({**meta, 'num_superpixels': slots})
-  model, variables = sr.load_moco_for_retrieval(folder / meta['moco_checkpoint'], spec)
+  model, variables = sr.load_moco_for_retrieval(meta_file(folder, 'moco_checkpoint'), spec)
   apply = fast_jit(functools.partial(model.apply, train=False))
   k4 = spec.clusters()[-1]
   n_cls = meta['n_cls']
@@ -166,7 +166,7 @@ def test_from_uint8_images_to_the_originals_miou(index):
   """The whole path: SEEDS, resize, forward, memory, votes, nearest back, benchmark -> the original's numbers."""
   folder = folders_or_skip('spml_retrieval')[index]
   meta, spec, inputs, want, *_ = run_retrieval(folder)
-  model, variables = sr.load_moco_for_retrieval(folder / meta['moco_checkpoint'], spec)
+  model, variables = sr.load_moco_for_retrieval(meta_file(folder, 'moco_checkpoint'), spec)
   apply = sr.make_apply(model, variables, jit=fast_jit)
   opts = dict(test_image_size=meta['test_image_size'], num_superpixels=meta['num_superpixels'],
               max_segments=spec.max_segments)
@@ -233,7 +233,7 @@ def test_the_retrieval_command_on_list_files_reproduces_the_originals_miou(index
   folder = folders_or_skip('spml_retrieval')[index]
   meta, spec, inputs, want, *_ = run_retrieval(folder)
   lists = _write_voc_like(tmp_path, inputs)
-  args = [f'--checkpoint={folder / meta["moco_checkpoint"]}', f'--data_dir={tmp_path}',
+  args = [f'--checkpoint={meta_file(folder, "moco_checkpoint")}', f'--data_dir={tmp_path}',
           f'--memory_list={lists["train"]}', f'--query_list={lists["query"]}', f'--num_classes={meta["n_cls"]}',
           f'--test_image_size={meta["test_image_size"]}', f'--num_superpixels={meta["num_superpixels"]}',
           f'--max_segments={spec.max_segments}', f'--num_clusters={",".join(map(str, spec.clusters()))}',

@@ -1,7 +1,7 @@
 """The notebooks in colabs/: stored without outputs, and executed end to end in their small mode.
 
 Small mode (``CAST_COLAB_SMALL=1``) trains the ``:test`` shrink of the demo instead of the demo, converts the
-golden ``moco_cast`` fixture instead of downloading a published checkpoint, and scores 16 images. Every
+golden MoCo fixture (found by meta.json kind) instead of downloading a published checkpoint, and scores 16 images. Every
 notebook asserts what it shows (shapes, nesting, parity with the original), so a run that finishes is a check.
 segment_your_image runs twice: its published path against a local mirror of the hub, and (``-m slow``) its
 fallback that trains the demo.
@@ -10,12 +10,13 @@ fallback that trains the demo.
 from __future__ import annotations
 
 import os
+import re
 import sys
 
 import nbformat  # the test extra installs nbformat, nbclient and ipykernel
 import pytest
 
-from conftest import REPO_ROOT, checkpoint_path, require_golden
+from conftest import REPO_ROOT, checkpoint_path, golden_folder, load_meta, require_golden
 
 sys.path.insert(0, str(REPO_ROOT / 'colabs'))
 from strip_outputs import RUN_METADATA  # pylint: disable=wrong-import-position
@@ -66,17 +67,27 @@ def small_mode(tmp_path, **extra) -> dict[str, str]:
 
 def test_convert_and_check_matches_the_original(tmp_path):
   printed = execute('convert_and_check', small_mode(tmp_path, CAST_GOLDEN_DIR=str(require_golden())))
+  # The notebook picks the plain-CAST MoCo fixture by meta.json, as golden_folder does here.
+  meta = load_meta(golden_folder('moco', seg_arch=False))
+  assert f'{checkpoint_path(golden_folder("moco", seg_arch=False)).name}:' in printed
   assert 'largest difference from the original' in printed and 'hierarchy: 0 pixels differ' in printed
-  assert 'reload: every array identical' in printed and 'chelsea: segments per level [64, 32, 16, 8]' in printed
+  assert 'reload: every array identical' in printed
+  # Segments per level on the photo: one number per level, at most its clusters, coarser levels no more.
+  [counts] = re.findall(r'chelsea: segments per level \[([\d, ]+)\]', printed)
+  counts = [int(c) for c in counts.split(',')]
+  assert len(counts) == len(meta['num_clusters']) and counts == sorted(counts, reverse=True)
+  assert all(1 <= c <= k for c, k in zip(counts, meta['num_clusters'])), (counts, meta['num_clusters'])
 
 
 def test_segment_your_image_with_a_published_checkpoint_from_a_mirror(tmp_path):
   require_golden()
+  folder = golden_folder('moco', seg_arch=False)
   mirror = tmp_path / 'hub' / 'snapshots/moco/imagenet1k/cast_base/checkpoint_0099.pth.tar'
   mirror.parent.mkdir(parents=True)
-  mirror.symlink_to(checkpoint_path('moco_cast'))  # the published format, at the published path
+  mirror.symlink_to(checkpoint_path(folder))  # the published format, at the published path
   printed = execute('segment_your_image', small_mode(tmp_path, CAST_PUBLISHED_HUB=(tmp_path / 'hub').as_uri()))
-  assert 'moco_cast_base_in1k.npz' in printed and 'model: cast small, input 224 px' in printed
+  assert 'moco_cast_base_in1k.npz' in printed
+  assert re.search(rf'model: cast \w+, input {load_meta(folder)["model_img_size"]} px', printed), printed
   assert 'falling back' not in printed
   assert (tmp_path / 'work' / 'segmentation' / 'my_image_panel.png').is_file()
 

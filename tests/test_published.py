@@ -7,17 +7,22 @@ import pytest
 
 from cast_jax import published
 from cast_jax.convert import load_converted
-from conftest import checkpoint_path, require_golden
+from conftest import checkpoint_path, golden_folder, load_meta, require_golden
+
+
+def _moco_folder() -> str:
+  """The golden plain-CAST MoCo fixture (kind 'moco', arch without 'seg'): the published checkpoints' format."""
+  require_golden()
+  return golden_folder('moco', seg_arch=False)
 
 
 @pytest.fixture()
 def hub(tmp_path):
   """A local mirror holding the golden MoCo checkpoint (published format) at moco_cast_base_in1k's path."""
-  require_golden()
   root = tmp_path / 'hub'
   target = root / published.PUBLISHED['moco_cast_base_in1k'].path
   target.parent.mkdir(parents=True)
-  target.symlink_to(checkpoint_path('moco_cast'))
+  target.symlink_to(checkpoint_path(_moco_folder()))
   return root
 
 
@@ -27,8 +32,9 @@ def test_download_and_convert_once(hub, tmp_path, capsys):
   assert path == directory / 'moco_cast_base_in1k.npz'
   assert 'downloading file://' in capsys.readouterr().out
   spec, variables = load_converted(path)
-  assert spec.kind == 'cast' and spec.moco and spec.embed_dim == 48
-  assert variables['params']['encoder']['cls_token'].shape == (1, 1, 48)
+  width = load_meta(_moco_folder())['embed_dim']
+  assert spec.kind == 'cast' and spec.moco and spec.embed_dim == width
+  assert variables['params']['encoder']['cls_token'].shape == (1, 1, width)
   assert not list(directory.glob('*.part'))
   # Both files are reused: with the mirror gone, a second call still answers, and reads nothing.
   (hub / published.PUBLISHED['moco_cast_base_in1k'].path).unlink()

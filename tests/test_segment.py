@@ -21,7 +21,7 @@ def moco_folder():
 @pytest.fixture(scope='module')
 def converted(tmp_path_factory, moco_folder):
   conversion = convert.convert_checkpoint(checkpoint_path(moco_folder), spec=spec_from_meta(load_meta(moco_folder)))
-  path = tmp_path_factory.mktemp('ckpt') / 'moco_cast.npz'
+  path = tmp_path_factory.mktemp('ckpt') / 'converted.npz'
   convert.save_converted(conversion, path)
   return path
 
@@ -37,7 +37,7 @@ def test_segmenter_reproduces_the_originals_hierarchy(converted, moco_folder):
     np.testing.assert_array_equal(result['hierarchy'], hierarchy)
 
 
-def test_command_on_sample_images(converted, tmp_path, capsys):
+def test_command_on_sample_images(converted, moco_folder, tmp_path, capsys):
   images = {'astronaut': skimage.data.astronaut(), 'chelsea': skimage.data.chelsea(), 'coffee': skimage.data.coffee()}
   folder = tmp_path / 'in'
   folder.mkdir()
@@ -52,11 +52,13 @@ def test_command_on_sample_images(converted, tmp_path, capsys):
     arrays = np.load(out / f'{name}.npz')
     height, width = image.shape[:2]
     assert arrays['superpixels'].shape == (height, width)
-    assert arrays['hierarchy'].shape == (4, height, width)
-    # Coarser levels have fewer segments: 64, 32, 16, 8 clusters at most.
+    clusters = load_meta(moco_folder)['num_clusters']
+    assert arrays['hierarchy'].shape == (len(clusters), height, width)
+    # Coarser levels have fewer segments, at most each level's clusters.
     counts = [len(np.unique(level)) for level in arrays['hierarchy']]
-    assert all(c <= k for c, k in zip(counts, (64, 32, 16, 8))) and counts == sorted(counts, reverse=True)
-    for suffix in ['superpixels', 'panel'] + [f'level{l}' for l in range(1, 5)] + [f'level{l}_ids' for l in range(1, 5)]:
+    assert all(c <= k for c, k in zip(counts, clusters)) and counts == sorted(counts, reverse=True)
+    levels = range(1, len(clusters) + 1)
+    for suffix in ['superpixels', 'panel'] + [f'level{l}' for l in levels] + [f'level{l}_ids' for l in levels]:
       picture = np.asarray(Image.open(out / f'{name}_{suffix}.png'))
       assert picture.dtype == np.uint8 and picture.ndim == 3
 
@@ -127,10 +129,13 @@ def test_a_workdir_segments_with_the_superpixels_it_trained_with(converted, tmp_
   assert segmenter.superpixel_config.compactness == 20.0
   # An explicit choice wins over the run's.
   assert segment.HierarchySegmenter.from_checkpoint(workdir, superpixels='moco').superpixel_config.method == 'seeds'
-  assert segment.HierarchySegmenter.from_checkpoint(converted).superpixel_config.num_segments == 196
+  from cast_jax.superpixels import preset  # pylint: disable=import-outside-toplevel
+
+  default = segment.HierarchySegmenter.from_checkpoint(converted).superpixel_config  # an .npz: the 'moco' preset
+  assert (default.method, default.num_segments) == ('seeds', preset('moco').num_segments)
 
 
-def test_phone_photos_are_turned_upright(converted, tmp_path):
+def test_phone_photos_are_turned_upright(converted, moco_folder, tmp_path):
   """A JPEG whose EXIF says "rotate 90" is segmented upright; training data keeps the original's raw pixels."""
   from cast_jax.data.decode import decode_image  # pylint: disable=import-outside-toplevel
 
@@ -144,7 +149,8 @@ def test_phone_photos_are_turned_upright(converted, tmp_path):
   assert decode_image(raw)[0].shape == (300, 451, 3)
   assert decode_image(raw, exif_transpose=True)[0].shape == (451, 300, 3)
   assert segment.main([str(folder), '--checkpoint', str(converted), '--out', str(tmp_path / 'out')]) == 0
-  assert np.load(tmp_path / 'out' / 'phone.npz')['hierarchy'].shape == (4, 451, 300)
+  levels = len(load_meta(moco_folder)['num_clusters'])
+  assert np.load(tmp_path / 'out' / 'phone.npz')['hierarchy'].shape == (levels, 451, 300)
 
 
 def test_the_image_to_hierarchy_class_leaves_the_name_segmenter_free():

@@ -43,21 +43,25 @@ def test_kmeans_separates_clear_clusters():
 
 
 def test_score_hierarchy_on_a_converted_checkpoint(tmp_path):
-  """CAST's levels and the superpixels scored on two PartWorld images (the golden moco_cast weights)."""
+  """CAST's levels and the superpixels scored on two PartWorld images (the golden plain-CAST MoCo weights)."""
   from cast_jax import convert
   from cast_jax.evaluate.score_hierarchy import score
-  from conftest import checkpoint_path, load_meta, require_golden, spec_from_meta
+  from conftest import checkpoint_path, golden_folder, load_meta, require_golden, spec_from_meta
 
   require_golden()
-  conversion = convert.convert_checkpoint(checkpoint_path('moco_cast'), spec=spec_from_meta(load_meta('moco_cast')))
-  path = tmp_path / 'moco_cast.npz'
+  folder = golden_folder('moco', seg_arch=False)
+  meta = load_meta(folder)
+  conversion = convert.convert_checkpoint(checkpoint_path(folder), spec=spec_from_meta(meta))
+  path = tmp_path / 'converted.npz'
   convert.save_converted(conversion, path)
   rows = {r['segments']: r for r in score(str(path), None, num_images=2, num_segments=None, seed=0)}
-  assert list(rows) == ['superpixels'] + [f'cast_level{l} ({k})' for l, k in enumerate((64, 32, 16, 8), start=1)]
+  levels = [f'cast_level{l} ({k})' for l, k in enumerate(meta['num_clusters'], start=1)]
+  assert list(rows) == ['superpixels'] + levels
   for row in rows.values():
     assert 0 < row['object_miou'] <= 100 and 0 < row['part_miou'] <= 100 and row['num_images'] == 2
-  # 196 superpixels fit the masks far better than 8 segments do.
-  assert rows['superpixels']['part_miou'] > rows['cast_level4 (8)']['part_miou']
+  # The superpixels (num_superpixels of them) fit the masks better than the coarsest level's few segments.
+  assert meta['num_superpixels'] > meta['num_clusters'][-1]
+  assert rows['superpixels']['part_miou'] > rows[levels[-1]]['part_miou']
 
 
 def test_score_hierarchy_renders_with_the_runs_palette(tmp_path):

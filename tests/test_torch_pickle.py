@@ -8,6 +8,7 @@ import io
 import os
 import pickle
 import pickletools
+import re
 import struct
 import sys
 import types
@@ -26,26 +27,57 @@ from cast_jax.torch_pickle import (
     load_torch_checkpoint,
 )
 
-REPO = Path(__file__).resolve().parents[1]
-GOLDEN = Path(os.environ.get("CAST_GOLDEN_DIR", REPO.parent / "shared" / "golden"))
-SPEC = Path(os.environ.get("CAST_SPEC_DIR", GOLDEN.parent / "spec")) / "state_dict_keys"
+from conftest import (REPO_ROOT, checkpoint_path, golden_dir, golden_folder, golden_folder_params, load_meta,
+                      missing_fixture, require_golden)
 
-MOCO = "moco_cast/checkpoint_0000.pth.tar"
-MOCO_SEG = "moco_cast_seg/checkpoint_0000.pth.tar"
-DEIT = "deit_cast/best_checkpoint.pth"
-SEG = "seg_cast/model.pth"
-SEG_DEIT = "seg_deit_cast/model.pth"
+# The golden checkpoints are found by meta.json kind (conftest), never by folder or file name.
 
 
-def golden(name: str) -> Path:
-  path = GOLDEN / name
-  assert path.is_file(), f"golden fixture {path} missing; set CAST_GOLDEN_DIR"
-  return path
+def spec_dir() -> Path:
+  """The state-dict key lists of the full-size models: $CAST_SPEC_DIR, else 'spec' beside the golden root, else
+  ../shared/spec next to the repository (a fixture set elsewhere still finds the shared spec)."""
+  candidates = [Path(os.environ["CAST_SPEC_DIR"])] if "CAST_SPEC_DIR" in os.environ else []
+  candidates += [golden_dir().parent / "spec", REPO_ROOT.parent / "shared" / "spec"]
+  for candidate in candidates:
+    if (candidate / "state_dict_keys").is_dir():
+      return candidate / "state_dict_keys"
+  missing_fixture(f"no state_dict_keys/ in {[str(c) for c in candidates]}: set CAST_SPEC_DIR to the spec folder")
+
+
+def golden(folder: str) -> Path:
+  """The checkpoint of a golden folder (a placeholder id from golden_folder_params: skip, or fail in CI)."""
+  require_golden(folder)
+  return checkpoint_path(folder)
 
 
 def spec_keys(name: str) -> list[tuple[str, tuple]]:
-  rows = [line.split("\t") for line in (SPEC / name).read_text().splitlines() if line]
+  rows = [line.split("\t") for line in (spec_dir() / name).read_text().splitlines() if line]
   return [(r[0], tuple(int(d) for d in r[1].strip("()").split(",") if d.strip())) for r in rows]
+
+
+def _block_pattern(key: str) -> str:
+  """A state-dict key with its block index replaced ('blocks.4.x' and 'blocks2.4.x' -> 'blocks.#.x',
+  'blocks2.#.x'), so that models of other depths compare by the names each block has."""
+  return re.sub(r"(^|\.)(blocks\d?)\.\d+\.", r"\1\2.#.", key)
+
+
+def assert_keys_follow_spec(keys: list[str], ranks: list[int], spec: list[tuple[str, tuple]], depth) -> None:
+  """The checkpoint's keys against the spec's list for the full-size model: in the same order with the same ranks
+  when the depths agree (the fixtures are narrower, not shallower), else the same names per block and ranks."""
+  spec_names = [k for k, _ in spec]
+  # cast.py names each block twice (blocks.N and blocksK.N), cast_seg.py only blocksK.N: N counts the blocks.
+  spec_depth = 1 + max(int(m.group(1)) for k in spec_names for m in [re.search(r"(?:^|\.)blocks\d?\.(\d+)\.", k)] if m)
+  if sum(depth) == spec_depth:
+    assert keys == spec_names
+    assert ranks == [len(shape) for _, shape in spec]
+  else:
+    assert sorted(set(map(_block_pattern, keys))) == sorted(set(map(_block_pattern, spec_names)))
+    spec_rank = {_block_pattern(k): len(shape) for k, shape in spec}
+    assert all(spec_rank[_block_pattern(k)] == r for k, r in zip(keys, ranks))
+
+
+MOCO_FOLDERS = golden_folder_params("moco")
+MODEL_FOLDERS = golden_folder_params()  # every kind this port builds (conftest.MODEL_KINDS)
 
 
 # --- a tiny writer for torch-format pickles, without torch --------------------------------
@@ -125,8 +157,15 @@ def save(tmp_path, obj, storages=None, byteorder="little", name="ckpt.pth"):
 
 
 @pytest.fixture(scope="module")
-def moco():
-  return load_torch_checkpoint(golden(MOCO))
+def moco_folder():
+  """A plain-CAST MoCo fixture (kind 'moco', arch without 'seg')."""
+  require_golden()
+  return golden_folder("moco", seg_arch=False)
+
+
+@pytest.fixture(scope="module")
+def moco(moco_folder):
+  return load_torch_checkpoint(golden(moco_folder))
 
 
 def _arrays(obj):
@@ -140,52 +179,65 @@ def _arrays(obj):
       yield from _arrays(v)
 
 
-@pytest.mark.parametrize("name", [MOCO, MOCO_SEG, DEIT, SEG, SEG_DEIT])
-def test_golden_loads_to_numpy(name):
-  ckpt = load_torch_checkpoint(golden(name))
+def _state_dict(ckpt: dict) -> dict:
+  """The model's state dict in any of the golden formats (MoCo 'state_dict', DeiT / seg 'model')."""
+  return ckpt["model"] if "model" in ckpt else ckpt["state_dict"]
+
+
+@pytest.mark.parametrize("folder", MODEL_FOLDERS)
+def test_golden_loads_to_numpy(folder):
+  ckpt = load_torch_checkpoint(golden(folder))
   arrays = list(_arrays(ckpt))
-  assert len(arrays) > 200
+  state = _state_dict(ckpt)
+  # Every entry of the state dict is an array (none left as a stand-in object), and CAST has hundreds whatever
+  # its size: four pooling levels alone hold dozens.
+  assert all(isinstance(v, np.ndarray) for v in state.values()) and len(state) > 50
+  assert len(arrays) >= len(state)
   assert {a.dtype for a in arrays} == {np.dtype(np.float32), np.dtype(np.int64)}
   for a in arrays:
     assert a.flags.c_contiguous and a.flags.writeable and a.flags.owndata
   assert "torch" not in sys.modules
 
 
-def test_golden_moco_structure(moco):
+def test_golden_moco_structure(moco, moco_folder):
+  meta = load_meta(moco_folder)
   assert set(moco) == {"epoch", "arch", "state_dict", "optimizer", "scaler"}
-  assert moco["arch"] == "cast_small" and moco["epoch"] == 1
+  assert moco["arch"] == meta["arch"] and isinstance(moco["epoch"], int) and moco["epoch"] >= 0
   sd = moco["state_dict"]
   cls = sd["module.base_encoder.cls_token"]
-  assert cls.shape == (1, 1, 48) and cls.dtype == np.float32
+  assert cls.shape == (1, 1, meta["embed_dim"]) and cls.dtype == np.float32
   nbt = sd["module.base_encoder.patch_embed.proj.1.num_batches_tracked"]
   assert nbt.shape == () and nbt.dtype == np.int64 and int(nbt) == 0
   assert all(v.shape == () and v.dtype == np.int64 for k, v in sd.items() if k.endswith("num_batches_tracked"))
-  # The state dict has the same keys in the same order as the full-size model's
-  # (the fixture is narrower: embed_dim 48), with the same ranks.
-  spec = spec_keys("keys_moco_cast_small.tsv")
-  assert [k.removeprefix("module.") for k in sd] == [k for k, _ in spec]
-  assert [v.ndim for v in sd.values()] == [len(shape) for _, shape in spec]
+  # The state dict has the same keys in the same order as the full-size model's (the fixture is narrower), with
+  # the same ranks.
+  assert_keys_follow_spec([k.removeprefix("module.") for k in sd], [v.ndim for v in sd.values()],
+                          spec_keys("keys_moco_cast_small.tsv"), meta["depth"])
   assert moco["scaler"]["scale"] == 65536.0
   assert len(moco["optimizer"]["state"]) > 0 and "params" in moco["optimizer"]["param_groups"][0]
 
 
-def test_golden_moco_aliased_keys_share_values(moco):
+def test_golden_moco_aliased_keys_share_values(moco, moco_folder):
   sd = moco["state_dict"]
   a = sd["module.base_encoder.blocks1.0.norm1.weight"]
   b = sd["module.base_encoder.blocks.0.norm1.weight"]
-  assert a.shape == (48,) and np.array_equal(a, b)
+  assert a.shape == (load_meta(moco_folder)["embed_dim"],) and np.array_equal(a, b)
   assert not np.shares_memory(a, b)  # each tensor is its own copy
 
 
-def test_golden_deit_args_and_optimizer():
-  ckpt = load_torch_checkpoint(golden(DEIT))
+@pytest.mark.parametrize("folder", golden_folder_params("deit"))
+def test_golden_deit_args_and_optimizer(folder):
+  ckpt = load_torch_checkpoint(golden(folder))
+  meta = load_meta(folder)
   assert set(ckpt) == {"model", "epoch", "args", "optimizer"}
   args = ckpt["args"]
   assert isinstance(args, types.SimpleNamespace)
-  assert (args.model, args.input_size, args.drop_path, args.lr) == ("cast_small", 224, 0.1, 5e-4)
+  # meta.json's arch is 'cast_small (cast_deit)': the DeiT --model name, then the module.
+  assert (args.model, args.input_size) == (meta["arch"].split()[0], meta["model_img_size"])
+  assert isinstance(args.drop_path, float) and isinstance(args.lr, float) and args.lr > 0
   model = ckpt["model"]
   assert isinstance(model, collections.OrderedDict)
-  assert list(model)[:2] == ["cls_token", "pos_embed"] and model["cls_token"].shape == (1, 1, 48)
+  assert list(model)[:2] == ["cls_token", "pos_embed"] and model["cls_token"].shape == (1, 1, meta["embed_dim"])
   state = ckpt["optimizer"]["state"]
   first = state[0]
   assert first["step"].shape == () and first["step"].dtype == np.float32
@@ -194,16 +246,25 @@ def test_golden_deit_args_and_optimizer():
   assert isinstance(groups, list) and isinstance(groups[0]["betas"], tuple)
 
 
-@pytest.mark.parametrize("name,spec", [(SEG, "keys_cast_seg_small_pretrain.tsv"),
-                                       (MOCO_SEG, "keys_moco_cast_seg_small_pretrain.tsv")])
-def test_golden_seg_keys_match_spec(name, spec):
-  ckpt = load_torch_checkpoint(golden(name))
-  sd = ckpt["model"] if "model" in ckpt else ckpt["state_dict"]
-  assert [k.removeprefix("module.") for k in sd] == [k for k, _ in spec_keys(spec)]
+def _seg_folders() -> list[tuple[str, str]]:
+  """(folder, spec key list) of every cast_seg checkpoint: kind 'seg', and kind 'moco' with a cast_seg arch."""
+  pairs = [(f, "keys_cast_seg_small_pretrain.tsv") for f in golden_folder_params("seg") if not f.startswith("<")]
+  pairs += [(f, "keys_moco_cast_seg_small_pretrain.tsv") for f in MOCO_FOLDERS
+            if not f.startswith("<") and "seg" in load_meta(f).get("arch", "")]
+  return pairs or [("<no golden seg fixtures>", "")]
 
 
-def test_golden_seg_deit_is_ordered_state_dict():
-  model = load_torch_checkpoint(golden(SEG_DEIT))["model"]
+@pytest.mark.parametrize("folder,spec", _seg_folders())
+def test_golden_seg_keys_match_spec(folder, spec):
+  ckpt = load_torch_checkpoint(golden(folder))
+  sd = _state_dict(ckpt)
+  keys = [k.removeprefix("module.") for k in sd]
+  assert_keys_follow_spec(keys, [v.ndim for v in sd.values()], spec_keys(spec), load_meta(folder)["depth"])
+
+
+@pytest.mark.parametrize("folder", golden_folder_params("seg_deit"))
+def test_golden_seg_deit_is_ordered_state_dict(folder):
+  model = load_torch_checkpoint(golden(folder))["model"]
   assert isinstance(model, collections.OrderedDict)
   assert any(k.startswith("block_fusion.") for k in model)
 
@@ -460,8 +521,8 @@ def test_missing_file(tmp_path):
     load_torch_checkpoint(tmp_path / "nope.pth")
 
 
-def test_truncated_golden(tmp_path):
-  data = golden(MOCO).read_bytes()
+def test_truncated_golden(tmp_path, moco_folder):
+  data = golden(moco_folder).read_bytes()
   path = tmp_path / "half.pth.tar"
   path.write_bytes(data[:len(data) // 2])
   with pytest.raises(CheckpointError, match=r"half\.pth\.tar.*truncated"):
