@@ -134,3 +134,31 @@ def test_processes_read_blocks_of_the_same_global_batches():
   assert [sum(len(b['label']) for b in t) for t in tail] == [14, 10]
   whole_tail = batches(10, 0, 1, drop_remainder=False, shuffle=False)
   np.testing.assert_array_equal(np.concatenate([tail[0][-1]['label']]), whole_tail[-1]['label'])
+
+
+class _CountingRecipe:
+  """_first_pixel, counting its calls (from grain's reader threads)."""
+
+  def __init__(self):
+    self.calls = 0
+    self._lock = __import__('threading').Lock()
+
+  def __call__(self, example, rng):
+    with self._lock:
+      self.calls += 1
+    return _first_pixel(example, rng)
+
+
+@pytest.mark.parametrize('threads', [1, 2])
+def test_the_reader_reads_ahead_one_batch_per_thread_not_hundreds(threads):
+  """The pipeline batches before grain's reader, so grain's default buffer (500 elements) meant 500 batches read
+  ahead (the 64 px MoCo demo grew to 6-7 GB); now at most one batch per thread is prepared beyond those taken."""
+  import time
+  source = ListSource([{'image': _png(i), 'label': i} for i in range(64)])
+  recipe = _CountingRecipe()
+  it = iter(make_dataset(source, recipe, PipelineConfig(batch_size=4, seed=0, read_threads=threads)))
+  for _ in range(3):
+    next(it)
+  time.sleep(1.0)  # let the reader threads run as far ahead as they are allowed
+  # 3 batches taken, at most `threads` in the buffer and one more being refilled per thread.
+  assert 3 * 4 <= recipe.calls <= (3 + 2 * threads) * 4, recipe.calls
