@@ -34,7 +34,8 @@ class ViewAugmentation:
   blur_prob: float = 1.0
   solarize_prob: float = 0.0
   # PIL blur radius range in pixels of the output view. The original's (0.1, 2.0) is for 224 px views; a
-  # smaller view keeps the same relative strength with the range scaled by size / 224 (configs/demo.py).
+  # smaller view keeps the same relative strength with the range scaled by size / 224 (tried on the demo:
+  # README "How reliable the demo is").
   blur_sigma: tuple[float, float] = (0.1, 2.0)
 
   def __call__(self, img: Image.Image, rng: np.random.Generator, geometry: tuple | None = None) -> np.ndarray:
