@@ -86,3 +86,80 @@ def test_supervised_lr_schedule_choice():
   config.lr_schedule = 'linear'
   with pytest.raises(ValueError, match='unknown lr_schedule'):
     _supervised_task(config)
+
+
+def _moco_task(config, abstract=False):
+  spec = loop.model_spec(config)
+  model = build_model(spec)
+  size = spec.image_size
+  init = lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((2, size, size, 3)), jnp.zeros((2, size, size), jnp.int32))
+  variables = jax.eval_shape(init) if abstract else init()
+  # (steps per epoch, total steps, warm-up steps): no warm-up, so that step 0 has a non-zero rate.
+  return spec, variables, tasks.build_task(config, spec, model, variables['params'], (6, 6, 0))
+
+
+@pytest.mark.slow  # a MoCo step's compile: ~1 min on an idle 2-core CPU; the routing is tested fast below
+def test_frozen_params_keep_the_stem_at_its_initial_values_through_a_jitted_moco_step():
+  """``frozen_params`` (MoCo-v3's frozen random patch projection, here CAST's conv stem): the matched leaves
+  keep their values in the base and the momentum encoder, hold no optimizer state, and everything else trains."""
+  config = load_config_file(REPO_ROOT / 'configs' / 'demo.py:test')
+  config.frozen_params = ('encoder/patch_embed',)
+  _, variables, task = _moco_task(config)
+  state = task.objective.init_state(variables, jax.random.PRNGKey(1))
+  batch = next(task.make_iterator(config.batch_size, 0, 1))
+  batch = {k: jnp.asarray(batch[k]) for k in task.batch_keys}
+  new_state, _ = jax.jit(task.objective.train_step)(state, batch)
+
+  stem_before = jax.tree_util.tree_leaves(state.params['encoder']['patch_embed'])
+  stem_after = jax.tree_util.tree_leaves(new_state.params['encoder']['patch_embed'])
+  assert stem_before
+  for before, after in zip(stem_before, stem_after):
+    np.testing.assert_array_equal(before, after)
+  for before, after in zip(jax.tree_util.tree_leaves(state.ema_params['encoder']['patch_embed']),
+                           jax.tree_util.tree_leaves(new_state.ema_params['encoder']['patch_embed'])):
+    np.testing.assert_array_equal(before, after)
+  moved = [not np.array_equal(b, a) for b, a in zip(jax.tree_util.tree_leaves(state.params['encoder']['blocks_0']),
+                                                     jax.tree_util.tree_leaves(new_state.params['encoder']['blocks_0']))]
+  assert all(moved), 'the rest of the encoder must still train'
+  stem_size = sum(leaf.size for leaf in stem_before)
+  frozen = [l for l in jax.tree_util.tree_leaves(task.trainable_labels) if l == 'frozen']
+  assert len(frozen) >= len(stem_before)
+  assert stem_size > 0
+
+
+def test_frozen_params_route_the_matched_leaves_to_no_update_under_jit():
+  from cast_jax.train import optim  # pylint: disable=import-outside-toplevel
+
+  params = {'encoder': {'patch_embed': {'proj_0': {'kernel': jnp.ones((3, 3))}}, 'patch_embedding_norm': jnp.ones(3),
+                        'blocks_0': {'kernel': jnp.ones((2, 2))}}, 'head': {'bias': jnp.ones(2)}}
+  labels = optim.freeze_matching(jax.tree_util.tree_map(lambda _: 'trainable', params), ['encoder/patch_embed/'])
+  assert labels['encoder']['patch_embed']['proj_0']['kernel'] == 'frozen'
+  assert labels['encoder']['patch_embedding_norm'] == 'trainable'  # the trailing '/' keeps a name prefix out
+  assert labels['encoder']['blocks_0']['kernel'] == labels['head']['bias'] == 'trainable'
+  optimizer = optim.adamw(0.1, labels, weight_decay=0.5, decay_mask=optim.decay_all(params))
+  grads = jax.tree_util.tree_map(jnp.ones_like, params)
+
+  @jax.jit
+  def step(p):
+    updates, _ = optimizer.update(grads, optimizer.init(p), p)
+    return jax.tree_util.tree_map(lambda a, u: a + u, p, updates)
+
+  new = step(params)
+  np.testing.assert_array_equal(new['encoder']['patch_embed']['proj_0']['kernel'], 1.0)  # no step, no decay
+  assert np.all(np.asarray(new['encoder']['blocks_0']['kernel']) < 0.9)
+  assert np.all(np.asarray(new['encoder']['patch_embedding_norm']) < 0.9)
+
+
+def test_frozen_params_errors_name_the_problem():
+  config = load_config_file(REPO_ROOT / 'configs' / 'demo.py:test')
+  config.frozen_params = ('encoder/patch_emb3d',)
+  with pytest.raises(ValueError, match=r"matches no parameter.*top-level names: \['encoder', 'predictor', "
+                                       r"'projector'\]"):
+    _moco_task(config, abstract=True)
+  config.frozen_params = ('encoder/(',)
+  with pytest.raises(ValueError, match='not a regular expression'):
+    _moco_task(config, abstract=True)
+  seg = load_config_file(REPO_ROOT / 'configs' / 'seg_demo.py:test')
+  seg.frozen_params = ('encoder/patch_embed',)
+  with pytest.raises(ValueError, match='read by the moco and supervised trainers only'):
+    tasks.build_task(seg, loop.model_spec(seg), None, {}, (6, 6, 1))

@@ -63,6 +63,10 @@ def moco_defaults() -> ml_collections.ConfigDict:
   c.weight_decay = 0.1
   c.temperature = 0.2
   c.momentum = 0.99  # to 1 on a cosine
+  # Parameters kept at their initial values besides the original's own (regexes matched at the start of the
+  # '/'-joined path below 'params', e.g. 'encoder/patch_embed': MoCo-v3's frozen random patch projection, on
+  # CAST's conv stem). Not in the original CAST recipes; read by the moco and supervised trainers.
+  c.frozen_params = ()
   c.steps_per_epoch = -1  # -1: len(train split) // batch_size (ceil with partial_last_batch)
   c.total_steps = -1  # -1: num_epochs * steps_per_epoch
   c.partial_last_batch = False  # keep each epoch's short batch, padded and masked (PyTorch drop_last=False)

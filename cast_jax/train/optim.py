@@ -11,6 +11,7 @@ PyTorch param group). ``grouped`` routes every trainable leaf to its group's tra
 from __future__ import annotations
 
 import dataclasses
+import re
 from typing import Any, Callable, Mapping, NamedTuple, Optional, Sequence
 
 import jax
@@ -30,6 +31,34 @@ def _names(path) -> tuple[str, ...]:
 def trainable_labels(spec: ModelSpec, params) -> Any:
   """A tree like ``params`` with 'trainable' or 'frozen' at each leaf."""
   return jax.tree_util.tree_map_with_path(lambda p, _: FROZEN if is_frozen(spec, _names(p)) else TRAINABLE, params)
+
+
+def freeze_matching(labels, patterns: Sequence[str]) -> Any:
+  """``labels`` (a trainable mask) with every leaf whose path matches one of ``patterns`` set to 'frozen'.
+
+  A pattern is a regular expression matched at the start of the leaf's path below 'params', names joined by
+  '/' (``'encoder/patch_embed'`` freezes the encoder's whole conv stem, as MoCo-v3's ``stop_grad_conv1`` freezes
+  its ViT's patch projection). A pattern that matches no leaf raises, listing the top-level names: a typo must
+  not leave everything training.
+  """
+  patterns = tuple(patterns or ())
+  if not patterns:
+    return labels
+  compiled = []
+  for pattern in patterns:
+    try:
+      compiled.append(re.compile(pattern))
+    except re.error as error:
+      raise ValueError(f'frozen_params pattern {pattern!r} is not a regular expression: {error}') from None
+  paths = [('/'.join(_names(p)), p) for p, _ in jax.tree_util.tree_flatten_with_path(labels)[0]]
+  for pattern, regex in zip(patterns, compiled):
+    if not any(regex.match(path) for path, _ in paths):
+      tops = sorted({path.split('/')[0] for path, _ in paths})
+      examples = [path for path, _ in paths[:6]]
+      raise ValueError(f'frozen_params pattern {pattern!r} matches no parameter; paths look like {examples} '
+                       f'(top-level names: {tops}); patterns match at the start of the path')
+  return jax.tree_util.tree_map_with_path(
+      lambda p, label: FROZEN if any(r.match('/'.join(_names(p))) for r in compiled) else label, labels)
 
 
 def head_only_labels(params, head: str = 'head') -> Any:

@@ -42,9 +42,21 @@ class Task:
   trainable_labels: Any = None
 
 
+def trainable_labels(config, spec: ModelSpec, params) -> Any:
+  """The original's trainable mask (``optim.trainable_labels``) with ``config.frozen_params`` frozen as well."""
+  return optim.freeze_matching(optim.trainable_labels(spec, params), config.get('frozen_params', ()))
+
+
+def refuse_frozen_params(config) -> None:
+  """Trainers with their own fixed routing of frozen parameters do not read ``config.frozen_params``."""
+  if tuple(config.get('frozen_params', ()) or ()):
+    raise ValueError(f'config.frozen_params is read by the moco and supervised trainers only; the '
+                     f'{config.trainer} trainer fixes which parameters train (leave frozen_params empty)')
+
+
 def moco_task(config, spec: ModelSpec, model, params, schedule: schedules.Schedule) -> Task:
   lr_fn = schedule.warmup_cosine(config.base_lr * config.batch_size / 256)
-  labels = optim.trainable_labels(spec, params)
+  labels = trainable_labels(config, spec, params)
   objective = MoCoObjective(model=model, optimizer=optim.adamw(lr_fn, labels, config.weight_decay, optim.decay_all),
                             momentum_fn=schedule.momentum_cosine(config.momentum),
                             temperature=config.temperature, learning_rate_fn=lr_fn)
@@ -75,7 +87,7 @@ def supervised_task(config, spec: ModelSpec, model, params, schedule: schedules.
     lr_fn = schedule.warmup_cosine(peak_lr)
   else:
     raise ValueError(f"unknown lr_schedule {config.lr_schedule!r}; choose 'deit_epoch' or 'warmup_cosine'")
-  labels = optim.trainable_labels(spec, params)
+  labels = trainable_labels(config, spec, params)
   optimizer = optim.adamw(lr_fn, labels, config.weight_decay, optim.decay_matrices)
   objective = SupervisedObjective(model=model, optimizer=optimizer, num_classes=spec.num_classes,
                                   label_smoothing=config.label_smoothing, ema_decay=config.ema_decay or None,
@@ -107,6 +119,7 @@ def supervised_task(config, spec: ModelSpec, model, params, schedule: schedules.
 def linear_probe_task(config, spec: ModelSpec, model, params, schedule: schedules.Schedule) -> Task:
   """MoCo-v3 ``main_lincls``: frozen backbone in inference mode, a linear head on the normalized cls feature,
   SGD momentum 0.9 without weight decay, lr = base_lr x batch / 256 on a per-epoch cosine."""
+  refuse_frozen_params(config)
   lr_fn = schedule.epoch_cosine(config.base_lr * config.batch_size / 256)
   labels = optim.head_only_labels(params)
   objective = SupervisedObjective(model=model, optimizer=optim.sgd(lr_fn, labels, momentum=0.9),
@@ -170,6 +183,7 @@ def segmentation_task(config, spec: ModelSpec, model, params, schedule: schedule
   both the loss (all-255 labels) and those statistics, so that step sees only its real images, as the original.
   """
   device_superpixels.enabled(config)  # raises: the Segmenter computes its maps on the host
+  refuse_frozen_params(config)
   if not spec.seg_classes:
     raise ValueError('the segmentation trainer needs config.model.seg_classes > 0 (the Segmenter decoder) and '
                      "config.model.kind='cast_seg_deit'")
@@ -209,6 +223,7 @@ def spml_finetune_task(config, spec: ModelSpec, model, params, schedule: schedul
   if not spec.spml_classes:
     raise ValueError("the spml_finetune trainer needs config.model.spml_classes > 0 (SPML's SoftmaxClassifier) and "
                      "config.model.kind='cast_seg'")
+  refuse_frozen_params(config)
   reduction, groups = config.loss_reduction, int(config.loss_groups)
   spml_finetune.check_reduction(reduction, groups, config.batch_size)
   objective = spml_finetune.make_objective(model, params, spec, base_lr=config.base_lr,
