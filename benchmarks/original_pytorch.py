@@ -265,8 +265,34 @@ def bench_deit_train_step(torch, args) -> dict:
           'repeats': args.repeats, 'process_peak_rss_mb': _peak_rss_mb()}
 
 
+def _install_segm_data_stub_if_missing():
+  """``segm.model.utils`` imports three helpers from ``segm.data.utils``, whose package pulls in mmcv, mmseg,
+  scikit-image and yaml. The train step calls none of them (they serve sliding-window inference), so when that
+  package cannot be imported a stand-in whose helpers raise if ever called lets the model code load."""
+  try:
+    import segm.data.utils  # pylint: disable=import-outside-toplevel,unused-import
+    return
+  except Exception:  # ImportError of one of its many dependencies
+    for name in [n for n in sys.modules if n == 'segm.data' or n.startswith('segm.data.')]:
+      del sys.modules[name]
+
+  def unavailable(name):
+    def call(*_, **__):
+      raise RuntimeError(f'segm.data.utils.{name} is a stand-in here (its package did not import); the train step '
+                         'benchmark should never call it')
+    return call
+
+  package, utils = types.ModuleType('segm.data'), types.ModuleType('segm.data.utils')
+  package.__path__ = []
+  for name in ('generate_superpixels', 'rgb_denormalize', 'label2color'):
+    setattr(utils, name, unavailable(name))
+  package.utils = utils
+  sys.modules['segm.data'], sys.modules['segm.data.utils'] = package, utils
+
+
 def bench_seg_train_step(torch, args) -> dict:
   sys.path.insert(0, f'{args.cast_repo}/segmenter')
+  _install_segm_data_stub_if_missing()
   import cast_models.cast_seg_deit as cast_seg_deit  # pylint: disable=import-outside-toplevel
   from segm.model.decoder import SuperpixMaskTransformer  # pylint: disable=import-outside-toplevel
   from segm.model.segmenter import SuperpixSegmenter  # pylint: disable=import-outside-toplevel
