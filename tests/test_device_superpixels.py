@@ -3,6 +3,10 @@
 The MoCo ``:test`` config with ``data.superpixels='jax_slic'`` and ``superpixels_on_device=True``: its host batches
 hold uint8 views and no maps; the maps the jitted step feeds the model equal jax_slic run separately on the same
 views; a short run in this process trains and evaluates (kNN, pictures) with them.
+
+The Segmenter's ``seg_demo:test`` likewise: its recipe ships the x255-wrapped pixels its superpixel function would
+have been handed, its jitted step equals the step on the host's jax_slic maps of those pixels, and the ``miou``
+evaluator (whole images and sliding windows) scores the same confusion with maps made in its jitted forward.
 """
 
 from __future__ import annotations
@@ -306,10 +310,10 @@ def test_compute_superpixels_applies_the_wrap_for_jax_slic():
   of unwrapped windows while the train recipe's were of wrapped crops)."""
   image = np.asarray(PartWholeDataset(1, image_size=64)[0]['image'])
   config = preset('jax_slic', num_segments=40, iterations=4)
-  wrapped = compute_superpixels(image, dataclasses.replace(config, invert_uint8=True))
+  with_wrap = dataclasses.replace(config, invert_uint8=True)
+  wrapped = compute_superpixels(image, with_wrap)
   np.testing.assert_array_equal(wrapped, compute_superpixels(invert_uint8(image), config))
-  np.testing.assert_array_equal(compute_superpixels_batch(image[None], dataclasses.replace(config, invert_uint8=True))[0],
-                                wrapped)
+  np.testing.assert_array_equal(compute_superpixels_batch(image[None], with_wrap)[0], wrapped)
   assert not np.array_equal(wrapped, compute_superpixels(image, config))
 
 

@@ -3,8 +3,9 @@
     config.data.superpixels = 'jax_slic'          # the only method that runs on a device
     config.data.superpixels_on_device = True
 
-The host pipeline then only decodes and augments: the recipes (``recipes``, ``data.supervised``, ``data.segmentation``) are given
-``superpixel_fn=None`` and emit no superpixel maps. What they emit instead, per map the model needs:
+The host pipeline then only decodes and augments: the recipes (``recipes``, ``data.supervised``,
+``data.segmentation``) are given ``superpixel_fn=None`` and emit no superpixel maps. What they emit instead, per
+map the model needs:
 
   MoCo            'view1', 'view2' uint8 (B, S, S, 3): the views' pixels, normalised on the device; the maps
                   'superpixels1' / 'superpixels2' are jax_slic of these pixels (the host path computes its maps
@@ -29,9 +30,9 @@ then every uint8 image normalised as ``augment.normalize`` does). Shapes are sta
 shape; at most ``min(requested, max_segments)`` ids) and jax_slic is deterministic (no float scatters), so a
 step's result does not depend on the run. It can depend on XLA's code generation: k-means assignments sit on
 float roundings, and XLA CPU's cheap ``fast_compile`` code moved 13 of 16,384 pixels of four 64 px images against
-its default code, so maps made on an accelerator may differ from the host path's at a few pixels. The host ships 3 bytes per pixel and view instead of
-16 (float32 image + int32 map); where the image stays float (DeiT train, the Segmenter) 15 instead of 16, and the
-gain is only the superpixel computation moved off the host.
+its default code, so maps made on an accelerator may differ from the host path's at a few pixels. The host
+ships 3 bytes per pixel and view instead of 16 (float32 image + int32 map); where the image stays float (DeiT
+train, the Segmenter) 15 instead of 16, and the gain is only the superpixel computation moved off the host.
 """
 
 from __future__ import annotations
