@@ -13,6 +13,9 @@ grid's merged logits are resized once, straight to it, as ``merge_windows`` does
 Static shapes: every group is ``(window_batch, window, window)`` (the last one padded with copies of its own last
 window, which change neither the group's token count nor, in eval mode, any other window), so the model compiles
 once for every image size. The merge runs in numpy float32.
+
+On-device superpixels (``pixels_in``, ``data.superpixels_on_device``): the host hands each group's uint8
+``window_pixels`` instead of maps, and the jitted forward segments them (jax_slic) before the model.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ import jax
 import numpy as np
 
 from cast_jax.models.resize import interpolation_matrix
-from cast_jax.superpixels import SuperpixelConfig, compute_superpixels, preset
+from cast_jax.superpixels import SuperpixelConfig, compute_superpixels, invert_uint8, preset
 
 # The Segmenter's normalisation: the ImageNet statistics x 255, rounded to 2 decimals (BaseMMSeg).
 SEGMENTER_MEAN = (123.68, 116.28, 103.53)
@@ -74,6 +77,14 @@ def denormalize_to_uint8(window: np.ndarray, mean: Sequence[float], std: Sequenc
   return x.astype(np.uint8)
 
 
+def window_pixels(window: np.ndarray, settings: 'SlidingWindow') -> np.ndarray:
+  """What the superpixel method segments for a window (float (..., w, w, 3), normalised): ``denormalize_to_uint8``
+  then, when ``settings.superpixels.invert_uint8``, the x255 wrap that ``compute_superpixels`` would apply. uint8
+  (..., w, w, 3): the input of on-device superpixels (``pixels_in``), whose function applies no wrap itself."""
+  pixels = denormalize_to_uint8(np.asarray(window), settings.mean, settings.std)
+  return invert_uint8(pixels) if settings.superpixels.invert_uint8 else pixels
+
+
 @dataclasses.dataclass(frozen=True)
 class SlidingWindow:
   """Settings of ``inference_with_superpixels``: window and stride in pixels (ADE20K 512/480, Pascal Context
@@ -102,7 +113,8 @@ def segmenter_window_fn(model, variables) -> Callable[[Any, Any], Any]:
 
 
 def sliding_window_inference(apply_fn, image: np.ndarray, settings: SlidingWindow, max_segments: int | None = None,
-                             flipped: bool = False, out_size: tuple[int, int] | None = None) -> dict[str, np.ndarray]:
+                             flipped: bool = False, out_size: tuple[int, int] | None = None,
+                             pixels_in: bool = False) -> dict[str, np.ndarray]:
   """Class probabilities of one image.
 
   Args:
@@ -116,6 +128,8 @@ def sliding_window_inference(apply_fn, image: np.ndarray, settings: SlidingWindo
     out_size: (H, W) the merged logits are resized to: the image's size before the caller's own resize (the
       original's ``ori_shape``); default the given image's size. One bilinear resize (align_corners=False, no
       antialias) from the window grid to it, never through the given image's size.
+    pixels_in: on-device superpixels: no maps on the host; ``apply_fn`` takes (images, ``window_pixels`` uint8
+      (window_batch, w, w, 3)) and returns (logits, the maps it made of those pixels, (window_batch, w, w)).
 
   Returns a dict: 'probs' (H, W, C) float32, 'prediction' (H, W) int32, 'merged_logits' (H, W, C), and what the
   windows were: 'anchors' (nW, 2) (top, left), 'window_superpixels' (nW, w, w), 'window_masks' (nW, w, w, C),
@@ -132,16 +146,24 @@ def sliding_window_inference(apply_fn, image: np.ndarray, settings: SlidingWindo
   anchors = [(top, left) for top in window_anchors(grid.shape[0], ws, settings.stride)
              for left in window_anchors(grid.shape[1], ws, settings.stride)]
   crops = np.stack([grid[t:t + ws, l:l + ws] for t, l in anchors])
-  superpixels = np.stack([compute_superpixels(denormalize_to_uint8(c, settings.mean, settings.std),
-                                              settings.superpixels, max_segments) for c in crops]).astype(np.int32)
-  masks = []
+  if pixels_in:
+    sources = window_pixels(crops, settings)
+  else:
+    sources = np.stack([compute_superpixels(denormalize_to_uint8(c, settings.mean, settings.std),
+                                            settings.superpixels, max_segments) for c in crops]).astype(np.int32)
+  masks, maps = [], []
   wb = settings.window_batch
   for start in range(0, len(crops), wb):
     idx = list(range(start, min(start + wb, len(crops))))
     idx += [idx[-1]] * (wb - len(idx))  # pad with the group's own last window: same token count
-    out = np.asarray(apply_fn(crops[idx], superpixels[idx]), np.float32)
-    masks.append(out[:min(wb, len(crops) - start)])
+    out = apply_fn(crops[idx], sources[idx])
+    keep = min(wb, len(crops) - start)
+    if pixels_in:
+      out, made = out
+      maps.append(np.asarray(made, np.int32)[:keep])
+    masks.append(np.asarray(out, np.float32)[:keep])
   masks = np.concatenate(masks)
+  superpixels = np.concatenate(maps) if pixels_in else sources
   n_cls = masks.shape[-1]
   logits = np.zeros(grid.shape[:2] + (n_cls,), np.float32)
   count = np.zeros(grid.shape[:2], np.int32)

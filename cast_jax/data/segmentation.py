@@ -265,9 +265,14 @@ class SegmentationTrain:
   Pixels outside the resized image (bottom/right padding) are 0 in 'image' (the mean colour) and
   ``ignore_label`` in 'label_map'. ``flip_prob`` and ``photometric`` exist to switch those steps off in tests.
   num_classes > 0: a label id outside [0, num_classes) other than ``ignore_label`` raises, naming the file.
+
+  ``superpixel_fn=None`` (on-device superpixels, ``train.device_superpixels``): no 'superpixels'; instead
+  'superpixel_pixels' uint8 (C, C, 3), the array ``superpixel_fn`` would have been handed (``superpixel_view`` of
+  the padded crop, x255-wrapped when ``invert_quirk``), which the jitted step segments with jax_slic. 'image'
+  stays float32: its cv2 normalisation and zero padding are what the model sees.
   """
 
-  superpixel_fn: SuperpixelFn
+  superpixel_fn: Optional[SuperpixelFn]
   crop_size: int = 512
   img_scale: tuple[int, int] = (2048, 512)
   ratio_range: tuple[float, float] = (0.5, 2.0)
@@ -294,7 +299,10 @@ class SegmentationTrain:
       image = photometric_distortion(image, rng)
     normalized = pad_bottom_right(normalize(image), self.crop_size, 0.0)
     label = pad_bottom_right(label.astype(np.int32), self.crop_size, self.ignore_label)
-    superpixels = self.superpixel_fn(superpixel_view(normalized, self.invert_quirk))
+    pixels = superpixel_view(normalized, self.invert_quirk)
+    if self.superpixel_fn is None:  # on-device superpixels: the pixels SEEDS would have seen, no map
+      return {'image': normalized, 'label_map': label, 'superpixel_pixels': pixels}
+    superpixels = self.superpixel_fn(pixels)
     return {'image': normalized, 'label_map': label, 'superpixels': np.asarray(superpixels, np.int32)}
 
 

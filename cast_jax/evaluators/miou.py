@@ -22,6 +22,11 @@ no count wraps at 2^31); from it:
     aAcc = sum_c I_c / valid pixels x 100,   mAcc = nanmean_c I_c / L_c x 100
 
 with I_c the diagonal, P_c / L_c the column / row sums: mmseg's sums of per-image intersections and unions.
+
+On-device superpixels (``data.superpixels_on_device`` with ``data.superpixels='jax_slic'``): the host computes no
+map; both jitted functions (whole images, window groups) take the uint8 ``sliding_window.window_pixels`` of their
+images and make the maps with jax_slic before the model, the same maps as the host path's ``compute_superpixels``
+of the same pixels. Cutting, upsampling and merging the windows stay on the host, as without the option.
 """
 
 from __future__ import annotations
@@ -36,9 +41,9 @@ from jax.experimental import multihost_utils
 from cast_jax.data.decode import decode_image
 from cast_jax.data.segmentation import IGNORE_LABEL, SegmentationEval
 from cast_jax.evaluators.base import Evaluator, register, variables_of
-from cast_jax.sliding_window import SlidingWindow, denormalize_to_uint8, sliding_window_inference
+from cast_jax.sliding_window import SlidingWindow, denormalize_to_uint8, sliding_window_inference, window_pixels
 from cast_jax.superpixels import compute_superpixels, preset
-from cast_jax.train import inputs
+from cast_jax.train import device_superpixels, inputs
 
 
 def confusion_matrix(labels, predictions, num_classes: int, valid=None):
@@ -153,20 +158,33 @@ class MeanIoUEvaluator(Evaluator):
                                    num_classes=self.num_classes)
     self.max_segments = config.model.get('max_segments')
     model, n = context.model, self.num_classes
+    # On-device superpixels: the jitted functions below take uint8 window pixels and make the maps themselves.
+    self.on_device = device_superpixels.enabled(config, context.uses_superpixels)
+    maps = (device_superpixels.superpixel_fn(data, self.max_segments) if self.on_device
+            else lambda superpixels: superpixels)
 
     jit = _jit_for(config)
 
     @jit
     def whole_images(variables, images, superpixels, labels, valid):
-      """(B, w, w, 3), (B, w, w), (B, w, w) labels, (B,) valid rows -> (C, C) confusion of the batch."""
-      masks = model.apply(variables, images, superpixels, train=False)['masks']
+      """(B, w, w, 3), (B, w, w) maps or (B, w, w, 3) uint8 pixels, (B, w, w) labels, (B,) valid rows -> (C, C)
+      confusion of the batch."""
+      masks = model.apply(variables, images, maps(superpixels), train=False)['masks']
       # The argmax of the softmax, as merge_windows's caller takes it (exp may tie near-equal logits).
       return confusion_matrix(labels, jnp.argmax(jax.nn.softmax(masks, -1), -1), n, valid[:, None, None])
 
+    def windows(variables, images, superpixels):
+      made = maps(superpixels)
+      masks = model.apply(variables, images, made, train=False)['masks']
+      return (masks, made) if self.on_device else masks
+
     self._whole_images = whole_images
-    self._windows = jit(lambda v, x, s: model.apply(v, x, s, train=False)['masks'])
+    self._windows = jit(windows)
 
   def _superpixels(self, image: np.ndarray) -> np.ndarray:
+    """The whole image's map (host path) or the uint8 pixels its map is made of (on-device superpixels)."""
+    if self.on_device:
+      return window_pixels(image, self.settings)
     return compute_superpixels(denormalize_to_uint8(image, self.settings.mean, self.settings.std),
                                self.settings.superpixels, self.max_segments).astype(np.int32)
 
@@ -214,7 +232,7 @@ class MeanIoUEvaluator(Evaluator):
           confusion += flush()
         continue
       result = sliding_window_inference(lambda x, s: self._windows(variables, x, s), image, self.settings,
-                                        max_segments=self.max_segments, out_size=original)
+                                        max_segments=self.max_segments, out_size=original, pixels_in=self.on_device)
       confusion += confusion_matrix_numpy(label, result['prediction'], self.num_classes)
     confusion += flush()
     if jax.process_count() > 1:

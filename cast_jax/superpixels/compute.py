@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 
 from cast_jax.superpixels.config import SuperpixelConfig, preset
-from cast_jax.superpixels.seeds import seeds_superpixels
+from cast_jax.superpixels.contract import as_rgb_uint8
+from cast_jax.superpixels.seeds import invert_uint8, seeds_superpixels
 from cast_jax.superpixels.slic import slic_superpixels
-
 
 
 def _jax_slic(image, config: SuperpixelConfig, max_segments: int | None = None) -> np.ndarray:
@@ -18,6 +18,16 @@ def _jax_slic(image, config: SuperpixelConfig, max_segments: int | None = None) 
 
 
 _METHODS = {'seeds': seeds_superpixels, 'slic': slic_superpixels, 'jax_slic': _jax_slic}
+
+
+def _wrapped(image, config: SuperpixelConfig):
+  """``config.invert_uint8`` (the Segmenter's x255 wrap) for the methods that do not apply it themselves: SEEDS
+  wraps inside ``seeds_superpixels``; SLIC and jax_slic would otherwise ignore the flag, so that the sliding window
+  (which leaves the wrap to the superpixel function) would segment unwrapped windows where the train recipe
+  (which wraps first) segments wrapped crops."""
+  if config.invert_uint8 and config.method != 'seeds':
+    return invert_uint8(as_rgb_uint8(image))
+  return image
 
 
 def resolve_config(config: SuperpixelConfig | str) -> SuperpixelConfig:
@@ -40,7 +50,7 @@ def compute_superpixels(image, config: SuperpixelConfig | str = 'moco',
     int32 (H, W) ids, dense from 0, at most ``max_segments`` of them.
   """
   config = resolve_config(config)
-  return _METHODS[config.method](image, config, max_segments)
+  return _METHODS[config.method](_wrapped(image, config), config, max_segments)
 
 
 def compute_superpixels_batch(images, config: SuperpixelConfig | str = 'moco',
@@ -50,5 +60,8 @@ def compute_superpixels_batch(images, config: SuperpixelConfig | str = 'moco',
   if config.method == 'jax_slic':  # one jitted call for the whole batch
     from cast_jax.superpixels.jax_slic import jax_slic_superpixels_batch  # pylint: disable=import-outside-toplevel
 
+    images = np.asarray(images)
+    if config.invert_uint8 and images.dtype == np.uint8:  # other dtypes: the batch function says what is wrong
+      images = invert_uint8(images)
     return jax_slic_superpixels_batch(images, config, max_segments)
   return np.stack([compute_superpixels(image, config, max_segments) for image in images])

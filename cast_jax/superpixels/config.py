@@ -45,7 +45,8 @@ class SuperpixelConfig:
     num_levels: SEEDS block levels (OpenCV raises values below 2 to 2).
     double_step: SEEDS double-step block updates.
     lab: convert RGB to OpenCV 8-bit Lab (L*255/100, a+128, b+128) before SEEDS, as every recipe does.
-    invert_uint8: apply the segmentation code's ``uint8 * 255`` wrap, x -> (-x) mod 256, before Lab.
+    invert_uint8: apply the segmentation code's ``uint8 * 255`` wrap, x -> (-x) mod 256, before Lab (every method
+      run through ``compute_superpixels``: SEEDS wraps itself, SLIC and jax_slic are handed the wrapped image).
     compactness: SLIC (and jax_slic) colour/space trade-off on the Lab image (scikit-image's default, and the
       original's).
     sigma: SLIC Gaussian pre-smoothing width in pixels (0: none, as in the original).

@@ -3,8 +3,9 @@
     config.data.superpixels = 'jax_slic'          # the only method that runs on a device
     config.data.superpixels_on_device = True
 
-The host pipeline then only decodes and augments: the recipes (``recipes``, ``data.supervised``) are given
-``superpixel_fn=None`` and emit no superpixel maps. What they emit instead, per map the model needs:
+The host pipeline then only decodes and augments: the recipes (``recipes``, ``data.supervised``,
+``data.segmentation``) are given ``superpixel_fn=None`` and emit no superpixel maps. What they emit instead, per
+map the model needs:
 
   MoCo            'view1', 'view2' uint8 (B, S, S, 3): the views' pixels, normalised on the device; the maps
                   'superpixels1' / 'superpixels2' are jax_slic of these pixels (the host path computes its maps
@@ -16,12 +17,22 @@ The host pipeline then only decodes and augments: the recipes (``recipes``, ``da
                   image: what the host path hands SEEDS (the original keeps the first image's superpixels under
                   a mix). float64 with uint8 wrap-around, so it stays on the host.
   DeiT eval       'image' uint8 and 'superpixel_pixels' uint8 (``seeds_input`` of the normalised crop).
+  Segmenter       'image' float32 (mmseg's cv2 normalisation, zero-padded: what the model sees, so it stays float),
+  train           'label_map', and 'superpixel_pixels' uint8 = ``segmentation.superpixel_view`` of the padded crop
+                  (the x255 wrap applied when ``data.invert_quirk``): the array the host path hands the superpixel
+                  function (``SegmentationTrain``).
+  Segmenter       (``evaluators.miou``, whole images and sliding windows) each window's float image and
+  mIoU eval       ``sliding_window.window_pixels`` (denormalised, truncated, x255-wrapped when ``invert_quirk``);
+                  the windows' jitted forward makes the maps. The windows themselves are still cut on the host.
 
 ``prepare`` turns such a batch into the model's usual one on the device (maps first, from the uint8 pixels;
 then every uint8 image normalised as ``augment.normalize`` does). Shapes are static (the maps have the views'
 shape; at most ``min(requested, max_segments)`` ids) and jax_slic is deterministic (no float scatters), so a
-step's result does not depend on the device or the run. The host ships 3 bytes per pixel and view instead of
-16 (float32 image + int32 map).
+step's result does not depend on the run. It can depend on XLA's code generation: k-means assignments sit on
+float roundings, and XLA CPU's cheap ``fast_compile`` code moved 13 of 16,384 pixels of four 64 px images against
+its default code, so maps made on an accelerator may differ from the host path's at a few pixels. The host
+ships 3 bytes per pixel and view instead of 16 (float32 image + int32 map); where the image stays float (DeiT
+train, the Segmenter) 15 instead of 16, and the gain is only the superpixel computation moved off the host.
 """
 
 from __future__ import annotations
@@ -42,7 +53,16 @@ IMAGE_KEYS = ('view1', 'view2', 'image')
 # Each map and where its pixels come from, in order of preference (the first uint8 one present).
 MAP_SOURCES = {'superpixels1': ('view1',), 'superpixels2': ('view2',), 'superpixels': (PIXELS_KEY, 'image')}
 # Trainers whose steps and evaluations take on-device superpixels.
-TRAINERS = ('moco', 'supervised', 'linear_probe')
+TRAINERS = ('moco', 'supervised', 'linear_probe', 'segmentation')
+
+
+def check_method(data) -> None:
+  """Raises a ValueError saying what to change unless ``data.superpixels`` runs on a device (jax_slic)."""
+  method = preset(data.superpixels).method
+  if method != 'jax_slic':
+    raise ValueError(f"data.superpixels_on_device=True needs data.superpixels='jax_slic' (the only method that "
+                     f'runs on a device), got {data.superpixels!r} ({method}); set --config.data.superpixels=jax_slic '
+                     'or leave superpixels_on_device False to compute SEEDS / SLIC on the host')
 
 
 def enabled(config, uses_superpixels: bool = True) -> bool:
@@ -54,16 +74,11 @@ def enabled(config, uses_superpixels: bool = True) -> bool:
   data = config.data
   if not bool(data.get('superpixels_on_device', False)):
     return False
-  method = preset(data.superpixels).method
-  if method != 'jax_slic':
-    raise ValueError(f"data.superpixels_on_device=True needs data.superpixels='jax_slic' (the only method that "
-                     f'runs on a device), got {data.superpixels!r} ({method}); set --config.data.superpixels=jax_slic '
-                     'or leave superpixels_on_device False to compute SEEDS / SLIC on the host')
+  check_method(data)
   trainer = config.get('trainer', 'moco')
   if trainer not in TRAINERS:
     raise ValueError(f'data.superpixels_on_device is supported by the {", ".join(TRAINERS)} trainers, not '
-                     f'{trainer!r} (its recipe and sliding-window evaluation compute their maps on the host); '
-                     'set it False')
+                     f'{trainer!r} (its recipe and evaluation compute their maps on the host); set it False')
   return bool(uses_superpixels)
 
 
@@ -112,7 +127,7 @@ def prepare(batch: Mapping[str, Any], superpixels: Callable[[jax.Array], jax.Arr
 
 @dataclasses.dataclass(frozen=True)
 class OnDeviceSuperpixels(GradientStep):
-  """An objective (MoCo, supervised) whose batches carry pixels instead of maps: ``prepare`` then the
+  """An objective (MoCo, supervised, Segmenter) whose batches carry pixels instead of maps: ``prepare`` then the
   objective's own step, in one jitted program.
 
   objective: has init_state / gradients / apply_gradients. superpixels: ``superpixel_fn(data, max_segments)``.

@@ -164,9 +164,15 @@ def segmentation_superpixel_fn(data, max_segments: int | None = None, *, wrapped
 
 
 def segmentation_train_recipe(data, spec: ModelSpec) -> IgnorePaddingRows:
-  """mmseg's train recipe (``data.segmentation.SegmentationTrain``) with the data block's crop and scales."""
+  """mmseg's train recipe (``data.segmentation.SegmentationTrain``) with the data block's crop and scales. Under
+  ``data.superpixels_on_device`` it computes no map and emits the pixels SEEDS would have been handed instead
+  (``superpixel_pixels``, segmented in the jitted step)."""
+  on_device = bool(data.get('superpixels_on_device', False))
+  if on_device:
+    device_superpixels.check_method(data)
   recipe = segmentation_data.SegmentationTrain(
-      segmentation_superpixel_fn(data, spec.max_segments, wrapped=False), crop_size=data.crop_size,
+      None if on_device else segmentation_superpixel_fn(data, spec.max_segments, wrapped=False),
+      crop_size=data.crop_size,
       img_scale=tuple(data.img_scale), ratio_range=tuple(data.ratio_range), cat_max_ratio=data.cat_max_ratio,
       reduce_zero_label=bool(data.reduce_zero_label), invert_quirk=bool(data.get('invert_quirk', True)),
       num_classes=spec.seg_classes)  # a label id the model cannot predict raises, naming the file
@@ -181,8 +187,10 @@ def segmentation_task(config, spec: ModelSpec, model, params, schedule: schedule
   Train-mode BatchNorm normalises with the statistics of the whole global batch (the original is one process);
   with ``partial_last_batch`` the batch's ``mask`` keeps the padding rows of each epoch's short batch out of
   both the loss (all-255 labels) and those statistics, so that step sees only its real images, as the original.
+
+  ``data.superpixels_on_device`` (jax_slic): the recipe ships the uint8 pixels SEEDS would have seen beside the
+  float image, and the jitted step makes the maps (``on_device_superpixels``).
   """
-  device_superpixels.enabled(config)  # raises: the Segmenter computes its maps on the host
   refuse_frozen_params(config)
   if not spec.seg_classes:
     raise ValueError('the segmentation trainer needs config.model.seg_classes > 0 (the Segmenter decoder) and '
@@ -200,7 +208,9 @@ def segmentation_task(config, spec: ModelSpec, model, params, schedule: schedule
                                  partial_last_batch=schedule.partial_last_batch)
 
   labels = jax.tree_util.tree_map(lambda _: 'trainable', params)
-  keys = ('image', 'superpixels', 'label_map') + (('mask',) if schedule.partial_last_batch else ())
+  mask = ('mask',) if schedule.partial_last_batch else ()
+  objective, keys = on_device_superpixels(config, spec, objective, ('image', 'superpixels', 'label_map') + mask,
+                                          ('image', device_superpixels.PIXELS_KEY, 'label_map') + mask)
   return Task(objective, keys, make_iterator, trainable_labels=labels)
 
 
