@@ -122,3 +122,28 @@ def test_blur_sigma_sets_the_radius_range_and_reaches_the_moco_iterator(monkeypa
                                         superpixels='moco', superpixel_overrides={}))
   inputs.moco_train_iterator(data, 8, 0, 0, 1)
   assert captured['recipe'].view1.blur_sigma == (0.03, 0.5) == captured['recipe'].view2.blur_sigma
+
+
+def test_jitter_strength_zero_skips_that_adjustment_and_reaches_the_moco_iterator(monkeypatch):
+  """A strength of 0 leaves its property alone: with hue 0 a pure hue shift never happens, so a saturated
+  colour keeps its hue under every draw, while the original's 0.1 moves it; all four 0 return the image
+  unchanged. ``data.jitter_strength`` reaches both views of ``moco_train_iterator``."""
+  red = Image.new('RGB', (8, 8), (220, 30, 30))
+  hue_of = lambda img: np.asarray(img.convert('HSV'), np.int32)[..., 0].mean()
+  moved = [abs(hue_of(augment.color_jitter(red, np.random.default_rng(s))) - hue_of(red)) for s in range(20)]
+  kept = [abs(hue_of(augment.color_jitter(red, np.random.default_rng(s), 0.4, 0.4, 0.2, 0.0)) - hue_of(red))
+          for s in range(20)]
+  assert max(moved) > 5  # the original's hue jitter shifts by up to 0.1 x 255
+  assert max(kept) <= 1  # brightness / contrast / saturation only round the hue
+  img = Image.fromarray(skdata.astronaut()).resize((32, 32))
+  same = augment.color_jitter(img, np.random.default_rng(0), 0.0, 0.0, 0.0, 0.0)
+  np.testing.assert_array_equal(np.asarray(same), np.asarray(img))
+
+  import ml_collections
+  from cast_jax.train import inputs
+  captured = {}
+  monkeypatch.setattr(inputs, 'train_iterator', lambda data, recipe, *a, **k: captured.setdefault('recipe', recipe))
+  data = ml_collections.ConfigDict(dict(image_size=64, crop_scale=(0.25, 1.0), jitter_strength=(0.4, 0.4, 0.2, 0.0),
+                                        superpixels='moco', superpixel_overrides={}))
+  inputs.moco_train_iterator(data, 8, 0, 0, 1)
+  assert captured['recipe'].view1.jitter_strength == (0.4, 0.4, 0.2, 0.0) == captured['recipe'].view2.jitter_strength

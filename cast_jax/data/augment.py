@@ -60,10 +60,15 @@ def adjust_hue(img: Image.Image, hue_factor: float) -> Image.Image:
 
 def color_jitter(img: Image.Image, rng: np.random.Generator, brightness=0.4, contrast=0.4, saturation=0.2,
                  hue=0.1) -> Image.Image:
-  """torchvision ``ColorJitter``: the four adjustments in a random order, factors drawn up front."""
+  """torchvision ``ColorJitter``: the four adjustments in a random order, factors drawn up front. A strength of
+  0 skips its adjustment (as torchvision does); the draws are made regardless, so the other adjustments'
+  factors do not depend on it."""
   factors = [rng.uniform(1 - brightness, 1 + brightness), rng.uniform(1 - contrast, 1 + contrast),
              rng.uniform(1 - saturation, 1 + saturation), rng.uniform(-hue, hue)]
+  strengths = (brightness, contrast, saturation, hue)
   for op in rng.permutation(4):
+    if strengths[op] == 0:
+      continue
     if op == 0:
       img = ImageEnhance.Brightness(img).enhance(factors[0])
     elif op == 1:

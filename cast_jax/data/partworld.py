@@ -552,19 +552,29 @@ def _check_config(image_size: int, seed: int, split: str) -> None:
 
 
 def make_example(index: int, *, image_size: int = 224, seed: int = 0, split: str = 'train',
-                 appearance: int = 0, palette: str = 'random') -> dict:
+                 appearance: int = 0, palette: str = 'random', keep_object_colours: bool = False) -> dict:
   """Example ``index`` of the (seed, split) stream, a pure function of its arguments.
 
   Returns a dict: 'image' (S, S, 3) uint8, 'label' int in [0, NUM_CLASSES), 'object_mask' (S, S) bool,
   'part_mask' (S, S) int32 with 0 = background and the other values from CLASS_PARTS[label].
 
   ``appearance`` > 0 re-renders the same object (class, part geometry, pose, so the same masks) with its own
-  background, clutter, part colours and textures; 0 is the stream's own rendering.
+  background, clutter, part colours and textures; 0 is the stream's own rendering. ``keep_object_colours``
+  (with ``appearance`` > 0): the parts keep the base colours of rendering 0, only their textures, the
+  background and the clutter are new (a photo of the same object somewhere else).
 
   ``palette``: 'random' (the default) draws part colours uniformly whatever the class, so appearance carries no
   class information; 'class' draws each part's hue around a typical hue of its own (saturation, value,
   textures, background and clutter stay random), so appearance correlates with the class as in natural images.
   """
+  return _render(index, image_size=image_size, seed=seed, split=split, appearance=appearance, palette=palette,
+                 keep_object_colours=keep_object_colours)[0]
+
+
+def _render(index: int, *, image_size: int, seed: int, split: str, appearance: int, palette: str,
+            keep_object_colours: bool = False, part_colours: list | None = None) -> tuple[dict, list]:
+  """``make_example`` and the base colours its parts were painted with. ``part_colours``: those of rendering
+  0 when the caller already has them (``keep_object_colours``), so it is not rendered twice."""
   if palette not in PALETTES:
     raise ValueError(f'palette must be one of {PALETTES}; got {palette!r}')
   _check_config(image_size, seed, split)
@@ -574,6 +584,11 @@ def make_example(index: int, *, image_size: int = 224, seed: int = 0, split: str
   appearance = operator.index(appearance)
   if appearance < 0:
     raise ValueError(f'appearance must be non-negative; got {appearance}')
+  if keep_object_colours and appearance and part_colours is None:
+    part_colours = _render(index, image_size=image_size, seed=seed, split=split, appearance=0,
+                           palette=palette)[1]
+  if not (keep_object_colours and appearance):
+    part_colours = None
   stream = [_STREAM_TAG, int(seed), SPLITS.index(split), index]
   rng = np.random.default_rng(stream)
   size = int(image_size)
@@ -584,8 +599,12 @@ def make_example(index: int, *, image_size: int = 224, seed: int = 0, split: str
   if appearance:  # everything below is appearance: draw it from a stream of its own
     rng = np.random.default_rng(stream + [appearance])
 
-  # Background: a low-contrast texture over the whole image.
-  bg_colour = rng.uniform(0.0, 255.0, 3)
+  # Background: a low-contrast texture over the whole image (apart from kept part colours, as they are
+  # from each other).
+  if part_colours is None:
+    bg_colour = rng.uniform(0.0, 255.0, 3)
+  else:
+    bg_colour = _distinct_colour(rng, list(part_colours), _MIN_COLOUR_DISTANCE)
   texture = _texture(rng, size, (size / 2, size / 2, size), bg_colour, (20.0, 80.0))
   centres = np.arange(size, dtype=np.float32) + np.float32(0.5)
   canvas = np.empty((size, size), np.uint32)
@@ -602,15 +621,19 @@ def make_example(index: int, *, image_size: int = 224, seed: int = 0, split: str
   # The object, part by part, with base colours apart from the background's and from each other.
   part_mask = np.zeros((size, size), np.int32)
   taken = [bg_colour]
-  for part_id, prims in zip(CLASS_PARTS[label], parts):
-    colour = _distinct_colour(rng, taken, _MIN_COLOUR_DISTANCE, part_id=part_id,
-                              sample=_typical_colour if palette == 'class' else _uniform_colour)
+  for i, (part_id, prims) in enumerate(zip(CLASS_PARTS[label], parts)):
+    if part_colours is None:
+      colour = _distinct_colour(rng, taken, _MIN_COLOUR_DISTANCE, part_id=part_id,
+                                sample=_typical_colour if palette == 'class' else _uniform_colour)
+    else:
+      colour = part_colours[i]
     taken.append(colour)
     x0, y0, x1, y1 = transform.box(_bounds(prims))
     region = (0.5 * (y0 + y1), 0.5 * (x0 + x1), max(x1 - x0, y1 - y0))
     _paint(canvas, part_mask, prims, transform, _texture(rng, size, region, colour, (30.0, 90.0)), part_id)
 
-  return {'image': _unpack(canvas), 'label': label, 'object_mask': part_mask > 0, 'part_mask': part_mask}
+  example = {'image': _unpack(canvas), 'label': label, 'object_mask': part_mask > 0, 'part_mask': part_mask}
+  return example, taken[1:]
 
 
 class PartWholeDataset:
@@ -621,7 +644,7 @@ class PartWholeDataset:
   """
 
   def __init__(self, num_examples: int, image_size: int = 224, seed: int = 0, split: str = 'train',
-               second_rendering: bool = False, palette: str = 'random'):
+               second_rendering: bool = False, palette: str = 'random', keep_object_colours: bool = False):
     _check_config(image_size, seed, split)
     if palette not in PALETTES:
       raise ValueError(f'palette must be one of {PALETTES}; got {palette!r}')
@@ -636,6 +659,9 @@ class PartWholeDataset:
     # With second_rendering, examples also hold 'image2': the same object re-rendered with another background,
     # clutter and part colours (make_example's appearance=1). The MoCo demo takes its second view from it.
     self.second_rendering = bool(second_rendering)
+    # ... and with keep_object_colours, 'image2' keeps the object's part colours (make_example's
+    # keep_object_colours): only the textures, the background and the clutter are new.
+    self.keep_object_colours = bool(keep_object_colours)
 
   def __len__(self) -> int:
     return self.num_examples
@@ -646,17 +672,17 @@ class PartWholeDataset:
       index += self.num_examples
     if not 0 <= index < self.num_examples:
       raise IndexError(f'index {index} out of range for {self.num_examples} examples')
-    example = make_example(index, image_size=self.image_size, seed=self.seed, split=self.split,
-                           palette=self.palette)
+    where = dict(image_size=self.image_size, seed=self.seed, split=self.split, palette=self.palette)
+    example, colours = _render(index, appearance=0, **where)
     if self.second_rendering:
-      example['image2'] = make_example(index, image_size=self.image_size, seed=self.seed, split=self.split,
-                                       appearance=1, palette=self.palette)['image']
+      example['image2'] = _render(index, appearance=1, keep_object_colours=self.keep_object_colours,
+                                  part_colours=colours, **where)[0]['image']
     return example
 
   def __repr__(self) -> str:
     return (f'PartWholeDataset(num_examples={self.num_examples}, image_size={self.image_size}, '
             f'seed={self.seed}, split={self.split!r}, second_rendering={self.second_rendering}, '
-            f'palette={self.palette!r})')
+            f'palette={self.palette!r}, keep_object_colours={self.keep_object_colours})')
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -30,6 +30,8 @@ class ViewAugmentation:
   size: int = 224
   crop_scale: tuple[float, float] = (0.08, 1.0)
   jitter_prob: float = 0.8
+  # ColorJitter's brightness, contrast, saturation and hue strengths (the original's 0.4, 0.4, 0.2, 0.1).
+  jitter_strength: tuple[float, float, float, float] = (0.4, 0.4, 0.2, 0.1)
   grayscale_prob: float = 0.2
   blur_prob: float = 1.0
   solarize_prob: float = 0.0
@@ -47,7 +49,7 @@ class ViewAugmentation:
       top, left, h, w = geometry[0]
       img = img.resize((self.size, self.size), Image.BILINEAR, box=(left, top, left + w, top + h))
     if rng.random() < self.jitter_prob:
-      img = augment.color_jitter(img, rng)
+      img = augment.color_jitter(img, rng, *self.jitter_strength)
     if rng.random() < self.grayscale_prob:
       img = augment.grayscale(img)
     if rng.random() < self.blur_prob:

@@ -50,9 +50,14 @@ def moco_defaults() -> ml_collections.ConfigDict:
       # Only for the built-in 'partworld' dataset:
       num_train_examples=0, num_eval_examples=0, source_image_size=224, seed=0, second_rendering=False,
       palette='random',
-      # The two views' appearance augmentations (view 1, view 2 where a pair), the original's values; and
+      # With second_rendering: the re-rendered view keeps the object's part colours (new textures, background
+      # and clutter only).
+      keep_object_colours=False,
+      # The two views' appearance augmentations (view 1, view 2 where a pair; jitter_strength: ColorJitter's
+      # brightness, contrast, saturation, hue), the original's values; and
       # shared_geometry (not in the original): one crop box and flip for both views.
-      jitter_prob=0.8, grayscale_prob=0.2, blur_probs=(1.0, 0.1), solarize_probs=(0.0, 0.2),
+      jitter_prob=0.8, jitter_strength=(0.4, 0.4, 0.2, 0.1), grayscale_prob=0.2, blur_probs=(1.0, 0.1),
+      solarize_probs=(0.0, 0.2),
       # The blur's radius range in pixels of the view (the original's, for 224 px views).
       blur_sigma=(0.1, 2.0),
       shared_geometry=False))

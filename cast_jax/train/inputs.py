@@ -40,7 +40,8 @@ def _source(settings: str, split: str):
     count = data.num_train_examples if split == 'train' else data.num_eval_examples
     return partworld.PartWholeDataset(count, image_size=data.source_image_size, seed=data.seed, split=split,
                                       second_rendering=bool(data.get('second_rendering', False)),
-                                      palette=data.get('palette', 'random'))
+                                      palette=data.get('palette', 'random'),
+                                      keep_object_colours=bool(data.get('keep_object_colours', False)))
   if data.name == 'partworld_segmentation':
     count = data.num_train_examples if split == 'train' else data.num_eval_examples
     return PartWorldSegmentation(count, image_size=data.source_image_size, seed=data.seed, split=split,
@@ -78,6 +79,7 @@ def moco_train_iterator(data, batch_size: int, seed: int, process_index: int, pr
   """An infinite, resumable iterator of MoCo two-view batches (``batch_size`` per process)."""
   views = [recipes.ViewAugmentation(size=data.image_size, crop_scale=tuple(data.crop_scale),
                                     jitter_prob=data.get('jitter_prob', 0.8),
+                                    jitter_strength=tuple(data.get('jitter_strength', (0.4, 0.4, 0.2, 0.1))),
                                     grayscale_prob=data.get('grayscale_prob', 0.2),
                                     blur_prob=tuple(data.get('blur_probs', (1.0, 0.1)))[i],
                                     solarize_prob=tuple(data.get('solarize_probs', (0.0, 0.2)))[i],

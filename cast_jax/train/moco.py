@@ -34,6 +34,30 @@ def contrastive_loss(q, k, temperature: float):
   return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean() * (2.0 * temperature)
 
 
+def agreement_metrics(q1, q2, k1, k2) -> dict[str, Any]:
+  """What the loss alone does not tell apart, averaged over both directions (q1 with k2, q2 with k1):
+
+  pos_cos: mean cosine of a query with its own key (the positive pair);
+  neg_cos: mean cosine of a query with the other keys of the batch;
+  key_spread: how spread the keys are, sqrt(dim) x the per-dimension standard deviation over the batch of
+    the unit keys, averaged over dimensions (about 1 for keys spread evenly over the sphere, 0 collapsed).
+
+  The loss falls below chance only when pos_cos pulls away from neg_cos; a loss falling towards chance while
+  the two stay together means the keys are collapsing (key_spread falling), not that views are being matched.
+  """
+  pos, neg, spread = [], [], []
+  for q, k in ((q1, k2), (q2, k1)):
+    qn, kn = l2_normalize(q.astype(jnp.float32)), l2_normalize(k.astype(jnp.float32))
+    cos = qn @ kn.T
+    size = cos.shape[0]
+    diagonal = jnp.trace(cos)
+    pos.append(diagonal / size)
+    neg.append((cos.sum() - diagonal) / max(size * (size - 1), 1))
+    spread.append(jnp.sqrt(kn.shape[1]) * kn.std(axis=0).mean())
+  mean = lambda values: (values[0] + values[1]) / 2
+  return dict(pos_cos=mean(pos), neg_cos=mean(neg), key_spread=mean(spread))
+
+
 def momentum_branch_params(params):
   """The parameters the momentum encoder mirrors: everything but the predictor."""
   return {k: v for k, v in params.items() if k != 'predictor'}
@@ -101,4 +125,5 @@ class MoCoObjective(GradientStep):
   def apply_gradients(self, state: TrainState, grads, aux) -> tuple[TrainState, dict[str, Any]]:
     new_state = state.apply_optimizer(self.optimizer, grads, aux['batch_stats']).replace(
         ema_params=aux['momentum_params'], ema_batch_stats=aux['momentum_batch_stats'])
-    return new_state, self.metrics(state, loss=aux['loss'], momentum=aux['momentum'])
+    agreement = agreement_metrics(aux['q1'], aux['q2'], aux['k1'], aux['k2'])
+    return new_state, self.metrics(state, loss=aux['loss'], momentum=aux['momentum'], **agreement)
