@@ -163,3 +163,51 @@ def test_frozen_params_errors_name_the_problem():
   seg.frozen_params = ('encoder/patch_embed',)
   with pytest.raises(ValueError, match='read by the moco and supervised trainers only'):
     tasks.build_task(seg, loop.model_spec(seg), None, {}, (6, 6, 1))
+
+
+def test_lr_multipliers_scale_the_matched_groups_update_under_jit():
+  """``config.lr_multipliers`` (('predictor/', 10.0),): the moco trainer's AdamW moves the predictor exactly 10x
+  as far as the single-group optimizer would, everything else exactly as far; without the field the optimizer
+  is the original's single group. Frozen leaves stay frozen."""
+  config = load_config_file(REPO_ROOT / 'configs' / 'demo.py:test')
+  _, variables, plain_task = _moco_task(config)
+  config.lr_multipliers = (('predictor/', 10.0),)
+  config.frozen_params = ('encoder/patch_embed/',)
+  _, _, task = _moco_task(config)
+  config.lr_multipliers = ()
+  _, _, frozen_only = _moco_task(config)
+  params = variables['params']
+  grads = jax.tree_util.tree_map(lambda p: jnp.full_like(p, 0.3), params)
+
+  def first_update(optimizer):
+    return jax.jit(lambda p: optimizer.update(grads, optimizer.init(p), p)[0])(params)
+
+  scaled, reference = first_update(task.objective.optimizer), first_update(frozen_only.objective.optimizer)
+  for path, up in jax.tree_util.tree_flatten_with_path(scaled)[0]:
+    name = '/'.join(getattr(k, 'key', str(k)) for k in path)
+    ref = reference
+    for k in path:
+      ref = ref[k.key]
+    factor = 10.0 if name.startswith('predictor/') else 1.0
+    np.testing.assert_allclose(np.asarray(up), factor * np.asarray(ref), rtol=1e-5, atol=1e-9, err_msg=name)
+    if name.startswith('encoder/patch_embed/'):
+      assert not np.any(np.asarray(up))
+  assert np.any(np.asarray(jax.tree_util.tree_leaves(scaled['predictor'])[0]))
+  # The default config keeps the original's single group (a checkpoint's optimizer state keeps its layout).
+  assert set(plain_task.objective.optimizer.init(params).inner_states) == {'trainable', 'frozen'}
+  assert set(task.objective.optimizer.init(params).inner_states) == {'base', 'predictor/', 'frozen'}
+
+
+
+def test_lr_multipliers_errors_name_the_problem():
+  config = load_config_file(REPO_ROOT / 'configs' / 'demo.py:test')
+  config.lr_multipliers = (('predicter/', 10.0),)
+  with pytest.raises(ValueError, match=r"lr_multipliers pattern 'predicter/' matches no parameter"):
+    _moco_task(config, abstract=True)
+  config.lr_multipliers = (('predictor/',),)
+  with pytest.raises(ValueError, match=r'must be pairs \(pattern, multiplier\)'):
+    _moco_task(config, abstract=True)
+  deit = load_config_file(REPO_ROOT / 'configs' / 'deit_demo.py:test')
+  deit.lr_multipliers = (('head/', 10.0),)
+  with pytest.raises(ValueError, match='read by the moco trainer only'):
+    tasks.build_task(deit, loop.model_spec(deit), None, {}, (6, 6, 1))

@@ -72,6 +72,9 @@ def moco_defaults() -> ml_collections.ConfigDict:
   # '/'-joined path below 'params', e.g. 'encoder/patch_embed': MoCo-v3's frozen random patch projection, on
   # CAST's conv stem). Not in the original CAST recipes; read by the moco and supervised trainers.
   c.frozen_params = ()
+  # Learning-rate multipliers for the moco trainer, pairs (pattern, multiplier) with patterns as above, e.g.
+  # (('predictor/', 10.0),): a faster predictor (not in the original's recipes). Empty: one AdamW group.
+  c.lr_multipliers = ()
   c.steps_per_epoch = -1  # -1: len(train split) // batch_size (ceil with partial_last_batch)
   c.total_steps = -1  # -1: num_epochs * steps_per_epoch
   c.partial_last_batch = False  # keep each epoch's short batch, padded and masked (PyTorch drop_last=False)

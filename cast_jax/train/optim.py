@@ -119,6 +119,46 @@ def group_labels(params, rule: Callable[[tuple[str, ...], Any], str]) -> Any:
   return jax.tree_util.tree_map_with_path(lambda p, leaf: rule(_names(p), leaf), params)
 
 
+def _compiled(patterns: Sequence[str], field: str) -> list:
+  compiled = []
+  for pattern in patterns:
+    try:
+      compiled.append(re.compile(pattern))
+    except re.error as error:
+      raise ValueError(f'{field} pattern {pattern!r} is not a regular expression: {error}') from None
+  return compiled
+
+
+BASE_GROUP = 'base'
+
+
+def multiplier_groups(params, multipliers: Mapping[str, float], weight_decay: float) -> tuple[Any, dict]:
+  """Group labels and ``Group``s for ``config.lr_multipliers``: {pattern: lr multiplier}.
+
+  A pattern is a regular expression matched at the start of the leaf's '/'-joined path below 'params' (as in
+  ``freeze_matching``); a leaf takes the first pattern that matches, every other leaf the group 'base' (x1).
+  All groups decay by ``weight_decay`` (MoCo-v3's single AdamW group). A pattern matching no leaf raises.
+  """
+  patterns = list(multipliers)
+  compiled = _compiled(patterns, 'lr_multipliers')
+  paths = ['/'.join(_names(p)) for p, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
+  for pattern, regex in zip(patterns, compiled):
+    if not any(regex.match(path) for path in paths):
+      raise ValueError(f'lr_multipliers pattern {pattern!r} matches no parameter; paths look like {paths[:6]} '
+                       f'(top-level names: {sorted({p.split("/")[0] for p in paths})}); patterns match at the '
+                       'start of the path')
+    if pattern == BASE_GROUP:
+      raise ValueError(f'{BASE_GROUP!r} names the group of unmatched parameters; write the pattern differently')
+
+  def rule(names, _):
+    path = '/'.join(names)
+    return next((pattern for pattern, regex in zip(patterns, compiled) if regex.match(path)), BASE_GROUP)
+
+  groups = {BASE_GROUP: Group(1.0, weight_decay)}
+  groups.update({pattern: Group(float(multipliers[pattern]), weight_decay) for pattern in patterns})
+  return group_labels(params, rule), groups
+
+
 def spml_group_rule(classifier: Sequence[str] = ('classifier',)) -> Callable[[tuple[str, ...], Any], str]:
   """SPML's four groups (segmentation/README.md "Optimizer"): 'backbone_weight', 'backbone_bias',
   'classifier_weight', 'classifier_bias'. Biases are leaves named ``bias`` (graph pooling's ``Block.bias``

@@ -48,16 +48,40 @@ def trainable_labels(config, spec: ModelSpec, params) -> Any:
 
 
 def refuse_frozen_params(config) -> None:
-  """Trainers with their own fixed routing of frozen parameters do not read ``config.frozen_params``."""
+  """Trainers with their own fixed routing of frozen parameters do not read ``config.frozen_params`` (nor
+  ``config.lr_multipliers``, which only the moco trainer reads)."""
   if tuple(config.get('frozen_params', ()) or ()):
     raise ValueError(f'config.frozen_params is read by the moco and supervised trainers only; the '
                      f'{config.trainer} trainer fixes which parameters train (leave frozen_params empty)')
+  refuse_lr_multipliers(config)
+
+
+def lr_multipliers(config) -> dict[str, float]:
+  """``config.lr_multipliers``, pairs (pattern, multiplier), as a dict; a clear error for any other form."""
+  pairs = config.get('lr_multipliers', ()) or ()
+  try:
+    return {str(pattern): float(mult) for pattern, mult in (pairs.items() if hasattr(pairs, 'items') else pairs)}
+  except (TypeError, ValueError):
+    raise ValueError(f"config.lr_multipliers must be pairs (pattern, multiplier), e.g. "
+                     f"\"(('predictor/', 10.0),)\"; got {pairs!r}") from None
+
+
+def refuse_lr_multipliers(config) -> None:
+  if lr_multipliers(config):
+    raise ValueError(f'config.lr_multipliers is read by the moco trainer only; the {config.trainer} trainer '
+                     'has its own parameter groups (leave lr_multipliers empty)')
 
 
 def moco_task(config, spec: ModelSpec, model, params, schedule: schedules.Schedule) -> Task:
   lr_fn = schedule.warmup_cosine(config.base_lr * config.batch_size / 256)
   labels = trainable_labels(config, spec, params)
-  objective = MoCoObjective(model=model, optimizer=optim.adamw(lr_fn, labels, config.weight_decay, optim.decay_all),
+  multipliers = lr_multipliers(config)
+  if multipliers:  # e.g. {'predictor/': 10.0}; without any, the original's single group (same optimizer state)
+    group_of, groups = optim.multiplier_groups(params, multipliers, config.weight_decay)
+    optimizer = optim.adamw_groups(lr_fn, groups, group_of, labels)
+  else:
+    optimizer = optim.adamw(lr_fn, labels, config.weight_decay, optim.decay_all)
+  objective = MoCoObjective(model=model, optimizer=optimizer,
                             momentum_fn=schedule.momentum_cosine(config.momentum),
                             temperature=config.temperature, learning_rate_fn=lr_fn)
   def make_iterator(local_batch, index, count):
@@ -80,6 +104,7 @@ def on_device_superpixels(config, spec: ModelSpec, objective, keys: tuple[str, .
 def supervised_task(config, spec: ModelSpec, model, params, schedule: schedules.Schedule) -> Task:
   """DeiT: lr = base_lr x batch / 512, per-epoch cosine with warmup (the original's off-by-one kept unless
   config.lr_original_off_by_one is False), decay except 1-D / bias / pos_embed / cls_token, weight EMA."""
+  refuse_lr_multipliers(config)
   peak_lr = config.base_lr * config.batch_size / 512
   if config.get('lr_schedule', 'deit_epoch') == 'deit_epoch':
     lr_fn = schedule.deit_epoch(peak_lr, config.warmup_epochs, original_off_by_one=config.lr_original_off_by_one)
