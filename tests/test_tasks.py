@@ -211,3 +211,31 @@ def test_lr_multipliers_errors_name_the_problem():
   deit.lr_multipliers = (('head/', 10.0),)
   with pytest.raises(ValueError, match='read by the moco trainer only'):
     tasks.build_task(deit, loop.model_spec(deit), None, {}, (6, 6, 1))
+
+
+def test_predictor_first_steps_hold_everything_but_the_predictor_under_jit():
+  """``predictor_first_steps=2``: the first two AdamW updates move only the predictor, the third moves all."""
+  config = load_config_file(REPO_ROOT / 'configs' / 'demo.py:test')
+  config.predictor_first_steps = 2
+  _, variables, task = _moco_task(config)
+  params = variables['params']
+  grads = jax.tree_util.tree_map(lambda p: jnp.full_like(p, 0.3), params)
+  optimizer = task.objective.optimizer
+
+  @jax.jit
+  def three_updates(p):
+    state, moved = optimizer.init(p), []
+    for _ in range(3):
+      updates, state = optimizer.update(grads, state, p)
+      moved.append({name: jnp.any(jnp.stack([jnp.any(u != 0) for u in jax.tree_util.tree_leaves(updates[name])]))
+                    for name in ('encoder', 'projector', 'predictor')})
+    return moved
+
+  moved = jax.device_get(three_updates(params))
+  assert [bool(m['predictor']) for m in moved] == [True, True, True]
+  assert [bool(m['encoder']) for m in moved] == [False, False, True]
+  assert [bool(m['projector']) for m in moved] == [False, False, True]
+  deit = load_config_file(REPO_ROOT / 'configs' / 'deit_demo.py:test')
+  deit.predictor_first_steps = 8
+  with pytest.raises(ValueError, match='predictor_first_steps is read by the moco trainer only'):
+    tasks.build_task(deit, loop.model_spec(deit), None, {}, (6, 6, 1))

@@ -75,6 +75,9 @@ def moco_defaults() -> ml_collections.ConfigDict:
   # Learning-rate multipliers for the moco trainer, pairs (pattern, multiplier) with patterns as above, e.g.
   # (('predictor/', 10.0),): a faster predictor (not in the original's recipes). Empty: one AdamW group.
   c.lr_multipliers = ()
+  # For the first N steps only the predictor trains (the encoder and projector keep their initial values), so
+  # it can align with the momentum projections before the encoder moves (not in the original; moco only).
+  c.predictor_first_steps = 0
   c.steps_per_epoch = -1  # -1: len(train split) // batch_size (ceil with partial_last_batch)
   c.total_steps = -1  # -1: num_epochs * steps_per_epoch
   c.partial_last_batch = False  # keep each epoch's short batch, padded and masked (PyTorch drop_last=False)

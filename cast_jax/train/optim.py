@@ -108,10 +108,12 @@ def count_trainable(params, labels) -> int:
 
 @dataclasses.dataclass(frozen=True)
 class Group:
-  """A PyTorch param group: the learning rate is ``lr_mult`` x the schedule's; ``weight_decay`` its own."""
+  """A PyTorch param group: the learning rate is ``lr_mult`` x the schedule's; ``weight_decay`` its own.
+  ``start_step``: the group's rate is 0 for the updates before it (not a PyTorch notion; 0: from the start)."""
 
   lr_mult: float = 1.0
   weight_decay: float = 0.0
+  start_step: int = 0
 
 
 def group_labels(params, rule: Callable[[tuple[str, ...], Any], str]) -> Any:
@@ -132,12 +134,14 @@ def _compiled(patterns: Sequence[str], field: str) -> list:
 BASE_GROUP = 'base'
 
 
-def multiplier_groups(params, multipliers: Mapping[str, float], weight_decay: float) -> tuple[Any, dict]:
+def multiplier_groups(params, multipliers: Mapping[str, float], weight_decay: float,
+                      base_start_step: int = 0) -> tuple[Any, dict]:
   """Group labels and ``Group``s for ``config.lr_multipliers``: {pattern: lr multiplier}.
 
   A pattern is a regular expression matched at the start of the leaf's '/'-joined path below 'params' (as in
   ``freeze_matching``); a leaf takes the first pattern that matches, every other leaf the group 'base' (x1).
   All groups decay by ``weight_decay`` (MoCo-v3's single AdamW group). A pattern matching no leaf raises.
+  ``base_start_step``: the 'base' group stays still (rate 0) for the updates before it.
   """
   patterns = list(multipliers)
   compiled = _compiled(patterns, 'lr_multipliers')
@@ -154,7 +158,7 @@ def multiplier_groups(params, multipliers: Mapping[str, float], weight_decay: fl
     path = '/'.join(names)
     return next((pattern for pattern, regex in zip(patterns, compiled) if regex.match(path)), BASE_GROUP)
 
-  groups = {BASE_GROUP: Group(1.0, weight_decay)}
+  groups = {BASE_GROUP: Group(1.0, weight_decay, int(base_start_step))}
   groups.update({pattern: Group(float(multipliers[pattern]), weight_decay) for pattern in patterns})
   return group_labels(params, rule), groups
 
@@ -202,7 +206,10 @@ def grouped(make: Callable[[Group], optax.GradientTransformation], groups: Mappi
   return optax.multi_transform(transforms, route)
 
 
-def _scaled(learning_rate, mult: float):
+def _scaled(learning_rate, mult: float, start_step: int = 0):
+  if start_step:
+    rate = learning_rate if callable(learning_rate) else (lambda _: learning_rate)
+    return lambda step: jnp.where(step >= start_step, mult * rate(step), 0.0)
   if callable(learning_rate):
     return lambda step: mult * learning_rate(step)
   return mult * learning_rate
@@ -211,7 +218,7 @@ def _scaled(learning_rate, mult: float):
 def adamw_groups(learning_rate, groups: Mapping[str, Group], labels, trainable, b1: float = 0.9,
                  b2: float = 0.999, eps: float = 1e-8) -> optax.GradientTransformation:
   """PyTorch AdamW over param groups: each group's lr = lr_mult x schedule, decoupled decay lr x wd x p."""
-  return grouped(lambda g: optax.adamw(_scaled(learning_rate, g.lr_mult), b1=b1, b2=b2, eps=eps,
+  return grouped(lambda g: optax.adamw(_scaled(learning_rate, g.lr_mult, g.start_step), b1=b1, b2=b2, eps=eps,
                                        weight_decay=g.weight_decay), groups, labels, trainable)
 
 

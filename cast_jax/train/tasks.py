@@ -70,14 +70,20 @@ def refuse_lr_multipliers(config) -> None:
   if lr_multipliers(config):
     raise ValueError(f'config.lr_multipliers is read by the moco trainer only; the {config.trainer} trainer '
                      'has its own parameter groups (leave lr_multipliers empty)')
+  if int(config.get('predictor_first_steps', 0) or 0):
+    raise ValueError(f'config.predictor_first_steps is read by the moco trainer only; the {config.trainer} '
+                     'trainer has no predictor (leave it 0)')
 
 
 def moco_task(config, spec: ModelSpec, model, params, schedule: schedules.Schedule) -> Task:
   lr_fn = schedule.warmup_cosine(config.base_lr * config.batch_size / 256)
   labels = trainable_labels(config, spec, params)
   multipliers = lr_multipliers(config)
+  predictor_first = int(config.get('predictor_first_steps', 0) or 0)
+  if predictor_first:  # only the predictor's group moves for the first steps
+    multipliers = {'predictor/': 1.0, **multipliers}
   if multipliers:  # e.g. {'predictor/': 10.0}; without any, the original's single group (same optimizer state)
-    group_of, groups = optim.multiplier_groups(params, multipliers, config.weight_decay)
+    group_of, groups = optim.multiplier_groups(params, multipliers, config.weight_decay, predictor_first)
     optimizer = optim.adamw_groups(lr_fn, groups, group_of, labels)
   else:
     optimizer = optim.adamw(lr_fn, labels, config.weight_decay, optim.decay_all)
