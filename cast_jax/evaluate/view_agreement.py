@@ -4,7 +4,8 @@ r"""How much a MoCo network's outputs already pair the two training views of eac
     python -m cast_jax.evaluate.view_agreement --config=configs/demo.py --checkpoint=/tmp/cast_demo
 
 One batch of the config's own training views (its MoCo recipe, superpixels and seed) goes through the network in
-training mode (batch-statistic BatchNorm, as the train step sees it): the untrained network of ``config.seed``
+training mode (batch-statistic BatchNorm and dropout, each view with its own dropout draws, as the train step
+sees it): the untrained network of ``config.seed``
 (as the trainer initialises it), or a run folder's base encoder with ``--checkpoint``. For the encoder's
 'features' and the projector's 'projection' of both views, and for 'query_key' (the predictor's output for view
 1 against the projection of view 2: the pair the loss compares, with the base encoder standing in for the
@@ -83,13 +84,14 @@ def view_agreement(config, variables=None, batch_size: int = 128) -> dict[str, d
   batch = next(inputs.moco_train_iterator(config.data, batch_size, config.seed, 0, 1, spec.uses_superpixels))
 
   @jax.jit
-  def forward(images, superpixels):
+  def forward(images, superpixels, rng):
     out, _ = model.apply(variables, images, superpixels, train=True, mutable=['batch_stats'],
-                         rngs={'dropout': jax.random.PRNGKey(0)})
+                         rngs={'dropout': rng})
     return {name: out[name] for name in OUTPUTS}
 
-  first = forward(jnp.asarray(batch['view1']), jnp.asarray(batch['superpixels1']))
-  second = forward(jnp.asarray(batch['view2']), jnp.asarray(batch['superpixels2']))
+  # Each view with its own dropout draws, as in the train step (query and key branches draw apart).
+  first = forward(jnp.asarray(batch['view1']), jnp.asarray(batch['superpixels1']), jax.random.PRNGKey(1))
+  second = forward(jnp.asarray(batch['view2']), jnp.asarray(batch['superpixels2']), jax.random.PRNGKey(2))
   return {name: pairing_scores(np.asarray(first[one]), np.asarray(second[other]))
           for name, (one, other) in PAIRS.items()}
 
