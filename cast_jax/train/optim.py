@@ -33,6 +33,16 @@ def trainable_labels(spec: ModelSpec, params) -> Any:
   return jax.tree_util.tree_map_with_path(lambda p, _: FROZEN if is_frozen(spec, _names(p)) else TRAINABLE, params)
 
 
+def _compiled(patterns: Sequence[str], field: str) -> list:
+  compiled = []
+  for pattern in patterns:
+    try:
+      compiled.append(re.compile(pattern))
+    except re.error as error:
+      raise ValueError(f'{field} pattern {pattern!r} is not a regular expression: {error}') from None
+  return compiled
+
+
 def freeze_matching(labels, patterns: Sequence[str]) -> Any:
   """``labels`` (a trainable mask) with every leaf whose path matches one of ``patterns`` set to 'frozen'.
 
@@ -44,12 +54,7 @@ def freeze_matching(labels, patterns: Sequence[str]) -> Any:
   patterns = tuple(patterns or ())
   if not patterns:
     return labels
-  compiled = []
-  for pattern in patterns:
-    try:
-      compiled.append(re.compile(pattern))
-    except re.error as error:
-      raise ValueError(f'frozen_params pattern {pattern!r} is not a regular expression: {error}') from None
+  compiled = _compiled(patterns, 'frozen_params')
   paths = [('/'.join(_names(p)), p) for p, _ in jax.tree_util.tree_flatten_with_path(labels)[0]]
   for pattern, regex in zip(patterns, compiled):
     if not any(regex.match(path) for path, _ in paths):
@@ -119,16 +124,6 @@ class Group:
 def group_labels(params, rule: Callable[[tuple[str, ...], Any], str]) -> Any:
   """A tree like ``params`` with ``rule(names, leaf)`` (a group name) at each leaf."""
   return jax.tree_util.tree_map_with_path(lambda p, leaf: rule(_names(p), leaf), params)
-
-
-def _compiled(patterns: Sequence[str], field: str) -> list:
-  compiled = []
-  for pattern in patterns:
-    try:
-      compiled.append(re.compile(pattern))
-    except re.error as error:
-      raise ValueError(f'{field} pattern {pattern!r} is not a regular expression: {error}') from None
-  return compiled
 
 
 BASE_GROUP = 'base'
