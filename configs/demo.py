@@ -8,8 +8,8 @@ No download: PartWorld (cast_jax.data.partworld) is generated on the fly, 8 obje
 Finishes in about 15 minutes on a 2-core CPU. It prints kNN top-1 on held-out images (chance: 12.5%) for the
 untrained network (step 0) and every 128 steps, and writes pictures of the learned hierarchy to
 /tmp/cast_demo/pictures. Measured over five seeds (README "What the demo's start needs"): seed 0 goes
-26.6 -> 52.0; 4 of 5 seeds gained +14.6 to +30.5, seed 1 stalled (+2.7). The ViT baseline's one run went
-24.4 -> 59.0.
+26.6 -> 52.0; 4 of 5 seeds gained +14.6 to +30.5, seed 1 stalled (+2.7). The ViT baseline's two runs went
+24.4 -> 59.0 (seed 0) and 22.9 -> 37.9 (seed 1).
 
 Three departures from the original's ImageNet recipe make a 512-step run learn on PartWorld, each measured in
 the README:
