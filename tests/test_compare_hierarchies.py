@@ -47,3 +47,23 @@ def test_bad_arguments_say_what_is_expected(tmp_path):
     visualize.tile_grid([])
   with pytest.raises(ValueError, match='every row'):
     visualize.tile_grid([[np.zeros((4, 4, 3), np.uint8)], []])
+
+
+def test_the_images_use_the_palette_the_runs_trained_on(tmp_path, monkeypatch):
+  path = _tiny_checkpoint(tmp_path / 'a.npz', 0)
+  kwargs = dict(num_images=1, scale=1, num_segments=36)
+  image_tile = np.s_[visualize.TITLE_HEIGHT:visualize.TITLE_HEIGHT + 64, :64]
+  # A converted .npz names no palette: 'random', as score_hierarchy reads it.
+  default = compare_hierarchies.compare([('a', path)], **kwargs)
+  assert np.array_equal(default, compare_hierarchies.compare([('a', path)], palette='random', **kwargs))
+  # A run that trained on palette='class' gets its images in those colours, unasked.
+  monkeypatch.setattr(compare_hierarchies, 'run_palette', lambda p: 'class')
+  by_run = compare_hierarchies.compare([('a', path)], **kwargs)
+  assert np.array_equal(by_run, compare_hierarchies.compare([('a', path)], palette='class', **kwargs))
+  assert not np.array_equal(by_run[image_tile], default[image_tile])
+  # Runs that trained on different palettes are not silently drawn in one of them.
+  monkeypatch.setattr(compare_hierarchies, 'run_palette', lambda p: 'class' if p.endswith('b.npz') else 'random')
+  second = _tiny_checkpoint(tmp_path / 'b.npz', 1)
+  with pytest.raises(ValueError, match='different PartWorld palettes'):
+    compare_hierarchies.compare([('a', path), ('b', second)], **kwargs)
+  assert compare_hierarchies.compare([('a', path), ('b', second)], palette='class', **kwargs).ndim == 3
