@@ -21,7 +21,7 @@ from cast_jax import loading
 from cast_jax.evaluate.__main__ import evaluate_checkpoint
 from cast_jax.models.spml import spml_loss
 from cast_jax.models.variants import ModelSpec, build_model
-from cast_jax.train import loop, schedules, spml_finetune, tasks
+from cast_jax.train import loop, optim, schedules, spml_finetune, spml_step, tasks
 from cast_jax.train.config_lib import load_config_file
 from conftest import REPO_ROOT
 
@@ -150,6 +150,43 @@ def test_the_config_chooses_the_reduction_and_bad_choices_fail_early():
   assert (voc.loss_reduction, voc.loss_groups, voc.batch_size, voc.total_steps) == ('per_group_mean', 4, 16, 30000)
   assert (voc.base_lr, voc.momentum, voc.weight_decay, voc.warmup_steps, voc.seed) == (3e-3, 0.9, 1e-4, 100, 235)
   assert (voc.model.kind, voc.model.image_size, voc.model.spml_classes) == ('cast_seg', 512, 21)
+
+
+def test_adamw_keeps_spmls_groups_frozen_tables_and_schedule_under_jit():
+  """``config.optimizer='adamw'``: AdamW's first update is lr x mult x sign(grad) per element (m / sqrt(v) = +-1),
+  so each group moves by its own multiple (x1 / x2 / x10 / x20) of the schedule's rate; cls_token and the tables stay."""
+  config = spml_test_config()
+  spec = loop.model_spec(config)
+  params = random_variables(build_model(spec), seed=0)['params']
+  lr0, wd = 1e-3, 1e-4
+  optimizer, lr_fn = spml_step.spml_optimizer(params, spec, lr0, 100, warmup_iteration=0, weight_decay=wd,
+                                              kind='adamw')
+  grads = jax.tree_util.tree_map(lambda p: jnp.ones_like(p), params)
+
+  @jax.jit
+  def step(params, grads):
+    updates, _ = optimizer.update(grads, optimizer.init(params), params)
+    return updates
+
+  updates = leaves(step(params, grads))
+  start = leaves(params)
+  labels = leaves(optim.group_labels(params, optim.spml_group_rule()))
+  mults = {'backbone_weight': (1.0, wd), 'backbone_bias': (2.0, 0.0), 'classifier_weight': (10.0, wd),
+           'classifier_bias': (20.0, 0.0)}
+  lr = float(lr_fn(0))
+  assert lr == pytest.approx(lr0)
+  seen = set()
+  for name, update in updates.items():
+    if name.split('/')[-1] in ('cls_token', 'pos_embed', 'pe_token'):
+      np.testing.assert_array_equal(update, 0.0, err_msg=name)
+      continue
+    mult, decay = mults[str(labels[name])]
+    seen.add(str(labels[name]))
+    want = -lr * mult * (1.0 + decay * start[name])  # the Adam step plus the decoupled decay lr x mult x wd x p
+    np.testing.assert_allclose(update, want, rtol=1e-4, atol=1e-9, err_msg=name)
+  assert seen == set(mults)
+  with pytest.raises(ValueError, match="config.optimizer must be one of \\('spml_sgd', 'adamw'\\)"):
+    spml_step.spml_optimizer(params, spec, lr0, 100, kind='sgd')
 
 
 def test_the_start_from_a_moco_cast_seg_pretrain_checkpoint(tmp_path):

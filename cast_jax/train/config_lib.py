@@ -234,6 +234,7 @@ def spml_defaults() -> ml_collections.ConfigDict:
   c.base_lr = 3e-3
   c.momentum = 0.9
   c.weight_decay = 1e-4
+  c.optimizer = 'spml_sgd'  # SPML's own; 'adamw' (same groups and schedule) for short schedules
   c.loss_reduction = 'per_group_mean'  # the original's mean of per-GPU means; or 'global'
   c.loss_groups = 4  # the original's GPUs (batch_size must be a multiple)
   c.partial_last_batch = False  # the original's iterator restarts before an epoch's short batch

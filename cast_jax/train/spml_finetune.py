@@ -89,10 +89,12 @@ class SPMLObjective(GradientStep):
 
 
 def make_objective(model, params, spec: ModelSpec, *, base_lr: float, max_iteration: int, warmup_iteration: int,
-                   weight_decay: float, momentum: float, reduction: str, groups: int) -> SPMLObjective:
-  """The objective with SPML's optimizer over ``params``'s tree; the logged 'lr' is the schedule's base rate
-  (the backbone weights' group; the others are x2 / x10 / x20 of it)."""
-  optimizer, lr_fn = spml_optimizer(params, spec, base_lr, max_iteration, warmup_iteration, weight_decay, momentum)
+                   weight_decay: float, momentum: float, reduction: str, groups: int,
+                   optimizer_kind: str = 'spml_sgd') -> SPMLObjective:
+  """The objective with SPML's optimizer (or AdamW over its groups: ``spml_optimizer``) over ``params``'s tree;
+  the logged 'lr' is the schedule's base rate (the backbone weights' group; the others are x2 / x10 / x20 of it)."""
+  optimizer, lr_fn = spml_optimizer(params, spec, base_lr, max_iteration, warmup_iteration, weight_decay, momentum,
+                                    kind=optimizer_kind)
   return SPMLObjective(model=model, optimizer=optimizer, num_classes=spec.spml_classes, learning_rate_fn=lr_fn,
                        reduction=reduction, groups=groups)
 

@@ -30,18 +30,27 @@ def spml_trainable(params, spec: ModelSpec):
   return jax.tree_util.tree_map_with_path(rule, params)
 
 
+OPTIMIZERS = ('spml_sgd', 'adamw')
+
+
 def spml_optimizer(params, spec: ModelSpec, base_lr: float, max_iteration: int, warmup_iteration: int = 100,
-                   weight_decay: float = 1e-4, momentum: float = 0.9) -> tuple[optax.GradientTransformation,
-                                                                               Callable[[Any], Any]]:
+                   weight_decay: float = 1e-4, momentum: float = 0.9,
+                   kind: str = 'spml_sgd') -> tuple[optax.GradientTransformation, Callable[[Any], Any]]:
   """SPML's SGD over backbone weights x1 / biases x2 / classifier weights x10 / biases x20, on ``lr_poly``.
 
+  kind 'adamw' swaps only the update rule: PyTorch's AdamW (decoupled decay) over the same groups, rates, frozen
+  parameters and schedule; an option for short schedules (the built-in demo), not SPML's recipe.
   Returns the optimizer and the schedule (iteration -> base lr). The classifier must sit under ``classifier``.
   """
+  if kind not in OPTIMIZERS:
+    raise ValueError(f"config.optimizer must be one of {OPTIMIZERS} for the spml_finetune trainer ('spml_sgd': "
+                     f"SPML's own); got {kind!r}")
   lr_fn = schedules.spml_lr_poly(base_lr, max_iteration, warmup_iteration)
   labels = optim.group_labels(params, optim.spml_group_rule())
-  optimizer = optim.spml_sgd_groups(lr_fn, optim.spml_groups(weight_decay), labels, spml_trainable(params, spec),
-                                    momentum=momentum)
-  return optimizer, lr_fn
+  groups, trainable = optim.spml_groups(weight_decay), spml_trainable(params, spec)
+  if kind == 'adamw':
+    return optim.adamw_groups(lr_fn, groups, labels, trainable), lr_fn
+  return optim.spml_sgd_groups(lr_fn, groups, labels, trainable, momentum=momentum), lr_fn
 
 
 def spml_gradients(model: nn.Module, num_classes: int, reduction: str = 'global', groups: int = 1):

@@ -257,8 +257,8 @@ def spml_finetune_task(config, spec: ModelSpec, model, params, schedule: schedul
   ignored) on the classifier's logits bilinearly upsampled to the crop, reduced as ``config.loss_reduction``
   ('per_group_mean' over ``config.loss_groups``: the original's mean of 4 per-GPU means; 'global': the mean over
   every valid pixel); SPML's SGD (lr folded into the momentum buffer, coupled L2 ``weight_decay``, groups x1 / x2 /
-  x10 / x20; ``cls_token`` and the position tables frozen) on ``lr_poly`` (power 0.9 over ``total_steps``, the
-  first ``config.warmup_steps`` warmed up). Train-mode BatchNorm sees the whole global batch (SyncBN). Each epoch's
+  x10 / x20; ``cls_token`` and the position tables frozen; ``config.optimizer='adamw'`` swaps in AdamW over the
+  same groups) on ``lr_poly`` (power 0.9 over ``total_steps``, the first ``config.warmup_steps`` warmed up). Train-mode BatchNorm sees the whole global batch (SyncBN). Each epoch's
   short last batch is dropped, as the original's iterator restarts before it.
   """
   if not spec.spml_classes:
@@ -270,7 +270,8 @@ def spml_finetune_task(config, spec: ModelSpec, model, params, schedule: schedul
   objective = spml_finetune.make_objective(model, params, spec, base_lr=config.base_lr,
                                            max_iteration=schedule.total_steps, warmup_iteration=config.warmup_steps,
                                            weight_decay=config.weight_decay, momentum=config.momentum,
-                                           reduction=reduction, groups=groups)
+                                           reduction=reduction, groups=groups,
+                                           optimizer_kind=config.get('optimizer', 'spml_sgd'))
   data = config.data
 
   def make_iterator(local_batch, index, count):
