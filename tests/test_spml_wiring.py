@@ -29,7 +29,10 @@ EVALUATED = {'miou/miou', 'miou/pixel_acc', 'miou/num_examples'}
 
 
 def spml_test_config():
-  return load_config_file(REPO_ROOT / 'configs' / 'spml_demo.py:test')
+  """The demo's :test size with SPML's own optimizer (the demo itself trains AdamW over the same groups)."""
+  config = load_config_file(REPO_ROOT / 'configs' / 'spml_demo.py:test')
+  config.optimizer, config.base_lr = 'spml_sgd', 1e-2
+  return config
 
 
 def leaves(tree):
