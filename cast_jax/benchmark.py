@@ -206,7 +206,13 @@ def bench_deit_train_step(variant: str, batch: int, image_size: int, num_superpi
   schedule = schedules.Schedule.from_config(config, 1000 * batch)
   objective = tasks.build_task(config, spec, model, variables['params'], schedule).objective
   state = jax.jit(objective.init_state)(variables, jax.random.PRNGKey(1))
-  del variables
+  return objective, state, batch_arrays, spec
+
+
+def bench_seg_train_step(batch: int, crop: int, clusters: tuple[int, ...], classes: int, repeats: int,
+                         dtype: str) -> dict:
+  """One SGD-Nesterov step of the Segmenter (train mode, dropout on) on random images and labels."""
+  objective, state, batch_arrays, spec = seg_step_setup(batch, crop, clusters, classes, dtype)
   metrics, compile_s, step_s = _time_train_step(objective, state, batch_arrays, repeats)
   return {'name': 'deit_train_step', 'model': f'cast_deit_{variant}', 'dtype': dtype, 'batch': batch,
           'image_size': image_size, 'superpixels': num_superpixels, 'classes': spec.num_classes,
@@ -239,9 +245,9 @@ def _segmenter(crop: int, clusters: tuple[int, ...], classes: int, dtype: str):
   return spec, model, variables
 
 
-def bench_seg_train_step(batch: int, crop: int, clusters: tuple[int, ...], classes: int, repeats: int,
-                         dtype: str) -> dict:
-  """One SGD-Nesterov step of the Segmenter (train mode, dropout on) on random images and labels."""
+def seg_step_setup(batch: int, crop: int, clusters: tuple[int, ...], classes: int, dtype: str):
+  """(objective, state, batch, spec) of the Segmenter's SGD-Nesterov step on random images and labels with grid
+  superpixels (``bench_seg_train_step`` times it, ``profile_step --step segmenter`` traces it)."""
   from cast_jax.train import segmentation  # pylint: disable=import-outside-toplevel
 
   spec, model, variables = _segmenter(crop, clusters, classes, dtype)
@@ -254,7 +260,13 @@ def bench_seg_train_step(batch: int, crop: int, clusters: tuple[int, ...], class
       model=model, optimizer=segmentation.segmenter_optimizer(lr_fn, variables['params']), num_classes=classes,
       learning_rate_fn=lr_fn, label_key='label_map')
   state = jax.jit(objective.init_state)(variables, jax.random.PRNGKey(1))
-  del variables
+  return objective, state, batch_arrays, spec
+
+
+def bench_seg_train_step(batch: int, crop: int, clusters: tuple[int, ...], classes: int, repeats: int,
+                         dtype: str) -> dict:
+  """One SGD-Nesterov step of the Segmenter (train mode, dropout on) on random images and labels."""
+  objective, state, batch_arrays, spec = seg_step_setup(batch, crop, clusters, classes, dtype)
   metrics, compile_s, step_s = _time_train_step(objective, state, batch_arrays, repeats)
   return {'name': 'seg_train_step', 'model': 'segmenter_cast_seg_deit_small', 'dtype': dtype, 'batch': batch,
           'crop': crop, 'superpixels': spec.max_segments, 'clusters': list(clusters), 'classes': classes,

@@ -1,9 +1,12 @@
-r"""Where the MoCo-v3 train step's time goes: a ``jax.profiler`` trace of a few steps, summed per XLA op.
+r"""Where a train step's time goes: a ``jax.profiler`` trace of a few steps, summed per XLA op.
 
-    python -m cast_jax.profile_step                          # cast_small, batch 8, 224 px, 196 superpixels
+    python -m cast_jax.profile_step                          # MoCo, cast_small, batch 8, 224 px, 196 superpixels
     python -m cast_jax.profile_step --batch 32 --steps 3 --top 25 --out /tmp/step_profile
+    python -m cast_jax.profile_step --step segmenter --batch 2   # the ADE20K Segmenter, crop 512
 
-The step is the one ``python -m cast_jax.benchmark --only train_step`` times (``benchmark.moco_step_setup``).
+The MoCo step is the one ``python -m cast_jax.benchmark --only train_step`` times (``benchmark.moco_step_setup``);
+``--step segmenter`` the one ``--only seg_train_step`` times (``benchmark.seg_step_setup``; ``--seg-crop``,
+``--seg-clusters``, ``--seg-classes`` as there).
 After one warm-up step, ``--steps`` steps run under ``jax.profiler`` with a Perfetto trace. On CPU the trace
 holds one event per executed XLA instruction (a fusion, a dot, a scatter, a while loop, ...); each event's own
 time (its duration minus that of the events nested in it on the same thread) is attributed to the instruction
@@ -218,6 +221,28 @@ def profile_moco_step(variant: str, batch: int, image_size: int, num_superpixels
   from cast_jax import benchmark  # pylint: disable=import-outside-toplevel
 
   objective, state, batch_arrays = benchmark.moco_step_setup(variant, batch, image_size, num_superpixels, dtype)
+  summary, groups = _profile_objective(objective, state, batch_arrays, steps, out)
+  summary.update(model=f'moco_cast_{variant}', dtype=dtype, batch=batch, image_size=image_size,
+                 superpixels=num_superpixels, images_per_s=round(batch / summary['wall_s_per_step'], 2))
+  return summary, groups
+
+
+def profile_segmenter_step(batch: int, crop: int, clusters: tuple[int, ...], classes: int, steps: int, dtype: str,
+                           out: str) -> tuple[dict, dict]:
+  """(summary, groups) of ``steps`` traced Segmenter steps (SGD-Nesterov, grid superpixels) after a warm-up."""
+  from cast_jax import benchmark  # pylint: disable=import-outside-toplevel
+
+  objective, state, batch_arrays, spec = benchmark.seg_step_setup(batch, crop, clusters, classes, dtype)
+  summary, groups = _profile_objective(objective, state, batch_arrays, steps, out)
+  summary.update(model='segmenter_cast_seg_deit_small', dtype=dtype, batch=batch, crop=crop,
+                 superpixels=spec.max_segments, clusters=list(clusters), classes=classes,
+                 images_per_s=round(batch / summary['wall_s_per_step'], 2))
+  return summary, groups
+
+
+def _profile_objective(objective, state, batch_arrays, steps: int, out: str) -> tuple[dict, dict]:
+  """(summary, groups) of ``steps`` traced calls of ``objective.train_step`` (jitted, state donated) after one
+  warm-up call."""
   compiled = jax.jit(objective.train_step, donate_argnums=(0,)).lower(state, batch_arrays).compile()
   carry = {'state': state}
 
@@ -227,19 +252,22 @@ def profile_moco_step(variant: str, batch: int, image_size: int, num_superpixels
 
   run_once()  # warm-up, outside the trace
   wall, groups = traced_op_times(run_once, compiled.as_text(), steps, out)
-  summary = {'name': 'profile_step', 'model': f'moco_cast_{variant}', 'dtype': dtype, 'batch': batch,
-             'image_size': image_size, 'superpixels': num_superpixels, 'steps': steps,
-             'wall_s_per_step': round(wall, 4), 'op_s_per_step': round(sum(groups['phase'].values()), 4),
-             'images_per_s': round(batch / wall, 2), 'trace_dir': out, 'backend': jax.default_backend()}
+  summary = {'name': 'profile_step', 'steps': steps, 'wall_s_per_step': round(wall, 4),
+             'op_s_per_step': round(sum(groups['phase'].values()), 4), 'trace_dir': out,
+             'backend': jax.default_backend()}
   return summary, groups
 
 
 def main(argv=None) -> int:
   parser = argparse.ArgumentParser(prog='python -m cast_jax.profile_step', description=__doc__.split('\n\n')[0])
-  parser.add_argument('--variant', default='small')
+  parser.add_argument('--step', default='moco', choices=('moco', 'segmenter'), help='which train step to trace')
+  parser.add_argument('--variant', default='small', help='MoCo: the CAST variant')
   parser.add_argument('--batch', type=int, default=8)
   parser.add_argument('--image-size', type=int, default=224)
-  parser.add_argument('--superpixels', type=int, default=196, help='a square number (grid superpixels)')
+  parser.add_argument('--superpixels', type=int, default=196, help='MoCo: a square number (grid superpixels)')
+  parser.add_argument('--seg-crop', type=int, default=512, help='Segmenter crop (ADE20K: 512)')
+  parser.add_argument('--seg-clusters', default='320,160,80,40', help='Segmenter clusters per stage')
+  parser.add_argument('--seg-classes', type=int, default=150, help='Segmenter classes (ADE20K: 150)')
   parser.add_argument('--steps', type=int, default=2, help='traced steps after one warm-up step')
   parser.add_argument('--dtype', default='float32', choices=('float32', 'bfloat16'))
   parser.add_argument('--top', type=int, default=15, help='rows per grouping')
@@ -248,8 +276,13 @@ def main(argv=None) -> int:
   if args.steps < 1:
     parser.error('--steps must be at least 1')
   out = args.out or tempfile.mkdtemp(prefix='cast_jax_profile_')
-  summary, groups = profile_moco_step(args.variant, args.batch, args.image_size, args.superpixels, args.steps,
-                                      args.dtype, out)
+  if args.step == 'segmenter':
+    clusters = tuple(int(k) for k in args.seg_clusters.split(','))
+    summary, groups = profile_segmenter_step(args.batch, args.seg_crop, clusters, args.seg_classes, args.steps,
+                                             args.dtype, out)
+  else:
+    summary, groups = profile_moco_step(args.variant, args.batch, args.image_size, args.superpixels, args.steps,
+                                        args.dtype, out)
   total = summary['op_s_per_step'] or 1.0
   summary['phase_percent'] = {k: round(100 * v / total, 1) for k, v in groups['phase'].most_common()}
   print(json.dumps(summary), flush=True)

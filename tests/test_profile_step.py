@@ -1,5 +1,6 @@
 """``cast_jax.profile_step``: op times from a real jax.profiler trace, attributed to kinds, phases and lines."""
 
+import json
 import re
 
 import jax
@@ -68,3 +69,16 @@ def test_every_instruction_is_found_including_tuple_shaped_ones():
   defined = set(re.findall(r'^\s*(?:ROOT\s+)?%?([\w.\-]+)\s*=', text, flags=re.M))
   assert defined and defined == set(metadata), sorted(defined - set(metadata))
   assert any(m['opcode'] == 'while' for m in metadata.values())
+
+
+def test_the_segmenter_step_profile_names_the_segmenters_lines(tmp_path, capsys):
+  """``--step segmenter``: the ADE20K Segmenter's step (here shrunk to crop 64) traced and summed per op."""
+  assert profile_step.main(['--step', 'segmenter', '--batch', '1', '--seg-crop', '64', '--seg-clusters', '8,4,2,1',
+                            '--seg-classes', '3', '--steps', '1', '--top', '50', '--out', str(tmp_path)]) == 0
+  lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+  summary = lines[0]
+  assert summary['model'] == 'segmenter_cast_seg_deit_small' and summary['crop'] == 64
+  assert summary['clusters'] == [8, 4, 2, 1] and summary['superpixels'] == 16
+  assert summary['wall_s_per_step'] > 0 and summary['op_s_per_step'] > 0
+  sources = {row['source'] for row in lines[1:] if row.get('group') == 'source'}
+  assert any(source.startswith('cast_jax/models/segmenter.py') for source in sources), sorted(sources)
