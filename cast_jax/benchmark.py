@@ -206,13 +206,7 @@ def bench_deit_train_step(variant: str, batch: int, image_size: int, num_superpi
   schedule = schedules.Schedule.from_config(config, 1000 * batch)
   objective = tasks.build_task(config, spec, model, variables['params'], schedule).objective
   state = jax.jit(objective.init_state)(variables, jax.random.PRNGKey(1))
-  return objective, state, batch_arrays, spec
-
-
-def bench_seg_train_step(batch: int, crop: int, clusters: tuple[int, ...], classes: int, repeats: int,
-                         dtype: str) -> dict:
-  """One SGD-Nesterov step of the Segmenter (train mode, dropout on) on random images and labels."""
-  objective, state, batch_arrays, spec = seg_step_setup(batch, crop, clusters, classes, dtype)
+  del variables
   metrics, compile_s, step_s = _time_train_step(objective, state, batch_arrays, repeats)
   return {'name': 'deit_train_step', 'model': f'cast_deit_{variant}', 'dtype': dtype, 'batch': batch,
           'image_size': image_size, 'superpixels': num_superpixels, 'classes': spec.num_classes,
