@@ -17,10 +17,11 @@ from cast_jax.train.config_lib import finalize, load_config_file
 
 def get_config(arg=None):
   c = load_config_file(pathlib.Path(__file__).with_name('demo.py'))
-  # The views of the earlier demo, with which the numbers above were measured (the object's colours redrawn,
-  # each view cropped on its own).
+  # The views and optimiser of the earlier demo, with which the numbers above were measured (the object's colours
+  # redrawn, each view cropped on its own, the predictor at the encoder's rate).
   c.data.keep_object_colours = False
   c.data.shared_geometry = False
+  c.lr_multipliers = ()
   c.num_epochs = 24
   c.warmup_epochs = 2
   c.eval_every_steps = 256

@@ -170,6 +170,8 @@ def test_lr_multipliers_scale_the_matched_groups_update_under_jit():
   as far as the single-group optimizer would, everything else exactly as far; without the field the optimizer
   is the original's single group. Frozen leaves stay frozen."""
   config = load_config_file(REPO_ROOT / 'configs' / 'demo.py:test')
+  assert tuple(map(tuple, config.lr_multipliers)) == (('predictor/', 10.0),)  # the demo's own setting
+  config.lr_multipliers = ()
   _, variables, plain_task = _moco_task(config)
   config.lr_multipliers = (('predictor/', 10.0),)
   config.frozen_params = ('encoder/patch_embed/',)
@@ -193,7 +195,7 @@ def test_lr_multipliers_scale_the_matched_groups_update_under_jit():
     if name.startswith('encoder/patch_embed/'):
       assert not np.any(np.asarray(up))
   assert np.any(np.asarray(jax.tree_util.tree_leaves(scaled['predictor'])[0]))
-  # The default config keeps the original's single group (a checkpoint's optimizer state keeps its layout).
+  # Without the field the original's single group (a checkpoint's optimizer state keeps its layout).
   assert set(plain_task.objective.optimizer.init(params).inner_states) == {'trainable', 'frozen'}
   assert set(task.objective.optimizer.init(params).inner_states) == {'base', 'predictor/', 'frozen'}
 
