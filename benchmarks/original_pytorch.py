@@ -265,10 +265,41 @@ def bench_deit_train_step(torch, args) -> dict:
           'repeats': args.repeats, 'process_peak_rss_mb': _peak_rss_mb()}
 
 
+# The Segmenter's rounded normalisation constants (cast_jax.sliding_window's; this script runs without jax).
+SEGMENTER_MEAN = (123.68, 116.28, 103.53)
+SEGMENTER_STD = (58.4, 57.12, 57.38)
+
+
+def _seeds_like_the_original(image, n_segments):
+  """Stand-in for ``segm.data.utils.generate_superpixels`` when its package cannot be imported: the same work in
+  the same order (the x255 uint8 wrap of the float image, RGB -> Lab, OpenCV SEEDS with one level, prior 2, 5
+  histogram bins, 15 iterations), so the sliding-window benchmark times what the original's evaluation runs."""
+  import cv2  # pylint: disable=import-outside-toplevel
+
+  wrapped = (image * 255).astype(np.uint8)
+  lab = cv2.cvtColor(wrapped, cv2.COLOR_RGB2LAB)
+  seeds = cv2.ximgproc.createSuperpixelSEEDS(lab.shape[1], lab.shape[0], 3, num_superpixels=n_segments,
+                                             num_levels=1, prior=2, histogram_bins=5, double_step=False)
+  seeds.iterate(lab, num_iterations=15)
+  return seeds.getLabels()
+
+
+def _denormalize_like_the_original(x, stats, inplace=True):
+  """Stand-in for ``segm.data.utils.rgb_denormalize``: x (N, C, H, W) * std + mean per channel."""
+  import torch  # pylint: disable=import-outside-toplevel
+
+  x = x if inplace else x.clone()
+  mean, std = torch.tensor(stats['mean']), torch.tensor(stats['std'])
+  for channel in range(3):
+    x[:, channel] = x[:, channel] * std[channel] + mean[channel]
+  return x
+
+
 def _install_segm_data_stub_if_missing():
   """``segm.model.utils`` imports three helpers from ``segm.data.utils``, whose package pulls in mmcv, mmseg,
-  scikit-image and yaml. The train step calls none of them (they serve sliding-window inference), so when that
-  package cannot be imported a stand-in whose helpers raise if ever called lets the model code load."""
+  scikit-image and yaml. The train step calls none of them; sliding-window inference calls two, so when that
+  package cannot be imported a stand-in holds those two re-implemented (``_seeds_like_the_original``,
+  ``_denormalize_like_the_original``) and a third that raises if ever called."""
   try:
     import segm.data.utils  # pylint: disable=import-outside-toplevel,unused-import
     return
@@ -284,13 +315,15 @@ def _install_segm_data_stub_if_missing():
 
   package, utils = types.ModuleType('segm.data'), types.ModuleType('segm.data.utils')
   package.__path__ = []
-  for name in ('generate_superpixels', 'rgb_denormalize', 'label2color'):
-    setattr(utils, name, unavailable(name))
+  utils.label2color = unavailable('label2color')
+  utils.generate_superpixels = _seeds_like_the_original
+  utils.rgb_denormalize = _denormalize_like_the_original
   package.utils = utils
   sys.modules['segm.data'], sys.modules['segm.data.utils'] = package, utils
 
 
-def bench_seg_train_step(torch, args) -> dict:
+def _original_segmenter(torch, args):
+  """The original's ADE20K Segmenter (``cast_seg_deit`` small + 2-block mask transformer), random weights."""
   sys.path.insert(0, f'{args.cast_repo}/segmenter')
   _install_segm_data_stub_if_missing()
   import cast_models.cast_seg_deit as cast_seg_deit  # pylint: disable=import-outside-toplevel
@@ -303,7 +336,62 @@ def bench_seg_train_step(torch, args) -> dict:
   decoder = SuperpixMaskTransformer(n_cls=args.seg_classes, patch_size=encoder.patch_size, d_encoder=dim,
                                     n_layers=2, n_heads=dim // 64, d_model=dim, d_ff=4 * dim, drop_path_rate=0.0,
                                     dropout=0.1)
-  model = SuperpixSegmenter(encoder, decoder, n_cls=args.seg_classes).train()
+  return SuperpixSegmenter(encoder, decoder, n_cls=args.seg_classes)
+
+
+def bench_sliding_window(torch, args) -> dict:
+  """The original's single-scale evaluation of one image (``segm.model.utils.inference_with_superpixels``:
+  windows of ``--seg-crop`` at stride crop - 32, SEEDS per de-normalised window, windows batched by 2); the
+  counterpart of ``python -m cast_jax.benchmark --only sliding_window``. The image is the same PartWorld picture
+  resized to ``--seg-image`` and normalised with the Segmenter's constants."""
+  import cv2  # pylint: disable=import-outside-toplevel
+
+  from cast_jax.data.partworld import PartWholeDataset  # pylint: disable=import-outside-toplevel  (numpy only)
+
+  segmenter = _original_segmenter(torch, args).eval()
+  from segm.model.utils import inference_with_superpixels  # pylint: disable=import-outside-toplevel
+
+  class FloatSuperpixels(torch.nn.Module):
+    """The Segmenter with its superpixel ids cast to float on the way in: the decoder resizes them with
+    ``F.interpolate(mode='nearest')``, which torch 2.x on CPU refuses for int64 (the original ran older torch);
+    the train-step benchmark passes float ids for the same reason."""
+
+    def __init__(self, inner):
+      super().__init__()
+      self.inner, self.n_cls = inner, inner.n_cls
+
+    def forward(self, images, superpixels):
+      return self.inner(images, superpixels.float())
+
+  model = FloatSuperpixels(segmenter)
+
+  height, width = (int(v) for v in args.seg_image.split('x'))
+  picture = PartWholeDataset(1, image_size=224)[0]['image']
+  resized = cv2.resize(picture, (width, height), interpolation=cv2.INTER_LINEAR).astype(np.float32)
+  mean, std = np.float32(SEGMENTER_MEAN), np.float32(SEGMENTER_STD)
+  image = (resized - mean) * (np.float32(1.0) / std)  # mmseg's Normalize, as cast_jax.sliding_window.normalize
+  tensor = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))[None]
+  normalization = {'mean': [m / 255 for m in SEGMENTER_MEAN], 'std': [v / 255 for v in SEGMENTER_STD]}
+  crop = args.seg_crop
+
+  def one_image():
+    with torch.no_grad():
+      seg = inference_with_superpixels(model, [tensor], [{'flip': False}], (height, width), crop, crop - 32, 2,
+                                       normalization)
+    return float(seg.sum())
+
+  start = time.perf_counter()
+  one_image()
+  first_s = time.perf_counter() - start
+  _, seconds = _time_steps(one_image, args.repeats)
+  return {'name': 'sliding_window', 'model': 'segmenter cast_seg_deit small (original PyTorch)', 'dtype': 'float32',
+          'image': f'{height}x{width}', 'window': crop, 'stride': crop - 32, 'window_batch': 2,
+          'classes': args.seg_classes, 'first_call_s': round(first_s, 2), 'image_s': round(seconds, 3),
+          'images_per_s': round(1 / seconds, 3), 'repeats': args.repeats, 'process_peak_rss_mb': _peak_rss_mb()}
+
+
+def bench_seg_train_step(torch, args) -> dict:
+  model = _original_segmenter(torch, args).train()
   optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9, nesterov=True, weight_decay=0.0)
   criterion = torch.nn.CrossEntropyLoss(ignore_index=255)
   crop, batch = args.seg_crop, args.seg_batch
@@ -327,7 +415,7 @@ def bench_seg_train_step(torch, args) -> dict:
 
 
 BENCHMARKS = {'forward': bench_forward, 'train_step': bench_train_step, 'deit_train_step': bench_deit_train_step,
-              'seg_train_step': bench_seg_train_step}
+              'seg_train_step': bench_seg_train_step, 'sliding_window': bench_sliding_window}
 
 
 def main(argv=None) -> int:
@@ -343,6 +431,7 @@ def main(argv=None) -> int:
   parser.add_argument('--seg-crop', type=int, default=512)
   parser.add_argument('--seg-batch', type=int, default=8)
   parser.add_argument('--seg-classes', type=int, default=150)
+  parser.add_argument('--seg-image', default='512x683', help='HxW of the sliding-window image (ADE20K-like)')
   args = parser.parse_args(argv)
 
   import torch  # pylint: disable=import-outside-toplevel
