@@ -150,7 +150,8 @@ def resample_position_table(table: np.ndarray, target_shape: Sequence[int], extr
   source, target = grid_side(table.shape[1] - extra_tokens), grid_side(target_shape[1] - extra_tokens)
   matrix = interpolation_matrix(source, target, method)  # (G, g)
   grid = table[0, extra_tokens:].astype(np.float64).reshape(source, source, -1)
-  resized = np.einsum('Hh,hwd,Ww->HWd', matrix, grid, matrix).reshape(1, target * target, -1)
+  # Rows, then columns: two products (a three-operand np.einsum would loop over all five indices at once).
+  resized = np.matmul(matrix[None], np.tensordot(matrix, grid, axes=(1, 0))).reshape(1, target * target, -1)
   return np.concatenate([table[:, :extra_tokens].astype(np.float64), resized], axis=1).astype(table.dtype)
 
 

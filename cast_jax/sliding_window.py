@@ -45,10 +45,14 @@ def window_anchors(length: int, window: int, stride: int) -> list[int]:
 
 
 def bilinear_resize(image: np.ndarray, out_hw: tuple[int, int]) -> np.ndarray:
-  """(H, W, C) float32 -> out_hw, as ``F.interpolate(mode='bilinear', align_corners=False)`` (no antialias)."""
-  rh = interpolation_matrix(image.shape[0], out_hw[0], 'bilinear').astype(np.float32)
-  rw = interpolation_matrix(image.shape[1], out_hw[1], 'bilinear').astype(np.float32)
-  return np.einsum('Hh,hwc,Ww->HWc', rh, image.astype(np.float32), rw)
+  """(H, W, C) float32 -> out_hw, as ``F.interpolate(mode='bilinear', align_corners=False)`` (no antialias).
+
+  Two matrix products, rows then columns. (A single three-operand ``np.einsum`` does not pick that order: it
+  loops over every (H, h, w, C, W) at once, hours for a 512 x 683 x 150 window grid.)"""
+  rh = interpolation_matrix(image.shape[0], out_hw[0], 'bilinear').astype(np.float32)  # (H, h)
+  rw = interpolation_matrix(image.shape[1], out_hw[1], 'bilinear').astype(np.float32)  # (W, w)
+  rows = np.tensordot(rh, image.astype(np.float32), axes=(1, 0))  # (H, w, C)
+  return np.matmul(rw[None], rows)  # (H, W, C)
 
 
 def resize_short_side(image: np.ndarray, window: int) -> np.ndarray:
