@@ -8,7 +8,7 @@ No download: PartWorld (cast_jax.data.partworld) is generated on the fly, 8 obje
 Finishes in about 15 minutes on a 2-core CPU. It prints kNN top-1 on held-out images (chance: 12.5%) for the
 untrained network (step 0) and every 128 steps, and writes pictures of the learned hierarchy to
 /tmp/cast_demo/pictures. Measured over five seeds (README "What the demo's start needs"): seed 0 goes
-26.6 -> 54.1; every seed gained +15.8 to +36.9 (mean +24.1; without the predictor's 10x rate one seed of five
+26.6 -> 54.1; all six seeds run gained +15.8 to +36.9 (mean +25.8; without the predictor's 10x rate one seed of five
 stalled at +2.7).
 
 Four departures from the original's ImageNet recipe make a 512-step run learn on PartWorld, each measured in
