@@ -7,7 +7,7 @@ r"""The demo: MoCo-v3 pretraining of a small CAST on the built-in PartWorld data
 No download: PartWorld (cast_jax.data.partworld) is generated on the fly, 8 object classes with 28 parts.
 Finishes in about 15 minutes on a 2-core CPU. It prints kNN top-1 on held-out images (chance: 12.5%) for the
 untrained network (step 0) and every 128 steps, and writes pictures of the learned hierarchy to
-/tmp/cast_demo/pictures. Measured over five seeds (README "What the demo's start needs"): seed 0 goes
+/tmp/cast_demo/pictures. Measured over six seeds (README "What the demo's start needs"): seed 0 goes
 26.6 -> 54.1; all six seeds run gained +15.8 to +36.9 (mean +25.8; without the predictor's 10x rate one seed of five
 stalled at +2.7).
 
