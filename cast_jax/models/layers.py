@@ -14,6 +14,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from cast_jax.models import conv
+
 # timm's ViT uses LayerNorm(eps=1e-6); the GraphPooling MLP norms, BatchNorm and the decoder use PyTorch's
 # default 1e-5 (see docs/original_behaviour.md#layernorm-eps).
 VIT_LN_EPS = 1e-6
@@ -104,11 +106,12 @@ class ConvStem(nn.Module):
     for layer, stride in enumerate(strides):
       out_channels = channels * 2 ** layer
       x = nn.Conv(out_channels, (3, 3), strides=(stride, stride), padding=((1, 1), (1, 1)), use_bias=False,
-                  dtype=self.dtype, name=f'proj_{index}')(x)
+                  dtype=self.dtype, conv_general_dilated=conv.conv_general_dilated, name=f'proj_{index}')(x)
       x = BatchNorm(name=f'proj_{index + 1}')(x, train=train, mask=bn_mask)
       x = nn.relu(x)
       index += 3
-    return nn.Conv(self.embed_dim, (1, 1), use_bias=True, dtype=self.dtype, name=f'proj_{index}')(x)
+    return nn.Conv(self.embed_dim, (1, 1), use_bias=True, dtype=self.dtype,
+                   conv_general_dilated=conv.conv_general_dilated, name=f'proj_{index}')(x)
 
 
 class Attention(nn.Module):

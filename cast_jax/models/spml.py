@@ -29,6 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from cast_jax.models import conv
 from cast_jax.models.heads import MoCoMLP
 from cast_jax.models.hierarchy import compose_assignments, level_logits, pixel_hierarchy
 from cast_jax.models.layers import VIT_LN_EPS, BatchNorm, layer_norm
@@ -60,10 +61,12 @@ class SoftmaxClassifier(nn.Module):
   @nn.compact
   def __call__(self, x, train: bool = False):
     dim = x.shape[-1]
-    x = nn.Conv(dim, (1, 1), use_bias=False, dtype=self.dtype, name='semantic_classifier_0')(x)
+    x = nn.Conv(dim, (1, 1), use_bias=False, dtype=self.dtype, conv_general_dilated=conv.conv_general_dilated,
+                name='semantic_classifier_0')(x)
     x = BatchNorm(name='semantic_classifier_1')(x, train=train)
     x = nn.relu(x)
-    return nn.Conv(self.num_classes, (1, 1), dtype=self.dtype, name='semantic_classifier_3')(x).astype(jnp.float32)
+    return nn.Conv(self.num_classes, (1, 1), dtype=self.dtype, conv_general_dilated=conv.conv_general_dilated,
+                   name='semantic_classifier_3')(x).astype(jnp.float32)
 
 
 class SPMLEmbedding(nn.Module):
