@@ -185,12 +185,12 @@ def mixed_soft_targets(batch: int, num_classes: int, smoothing: float = 0.1, lam
   return (lam * smooth + (1.0 - lam) * smooth[::-1]).astype(np.float32)
 
 
-def bench_deit_train_step(variant: str, batch: int, image_size: int, num_superpixels: int, repeats: int,
-                          dtype: str) -> dict:
-  """One DeiT supervised step of CAST as the trainer builds it (``configs/deit_cast_s.py``'s objective:
-  ``tasks.supervised_task``): the 1000-way cast_deit classifier in train mode (drop path 0.1), soft-target
-  cross-entropy on mixup targets (made here, as the input pipeline makes them, so not timed), AdamW with DeiT's
-  decay mask, and the weight EMA (0.99996) updated inside the step, as the original's loop does after each step."""
+def deit_step_setup(variant: str, batch: int, image_size: int, num_superpixels: int, dtype: str):
+  """(objective, state, batch arrays, spec) of the benchmarked DeiT supervised step of CAST as the trainer builds
+  it (``configs/deit_cast_s.py``'s objective: ``tasks.supervised_task``): the 1000-way cast_deit classifier in
+  train mode (drop path 0.1), soft-target cross-entropy on mixup targets (made here, as the input pipeline makes
+  them, so not timed), AdamW with DeiT's decay mask, and the weight EMA (0.99996) updated inside the step, as the
+  original's loop does after each step. Shared with ``cast_jax.profile_step``."""
   from cast_jax.train import config_lib, loop, schedules, tasks  # pylint: disable=import-outside-toplevel
 
   config = config_lib.supervised_defaults()
@@ -206,7 +206,13 @@ def bench_deit_train_step(variant: str, batch: int, image_size: int, num_superpi
   schedule = schedules.Schedule.from_config(config, 1000 * batch)
   objective = tasks.build_task(config, spec, model, variables['params'], schedule).objective
   state = jax.jit(objective.init_state)(variables, jax.random.PRNGKey(1))
-  del variables
+  return objective, state, batch_arrays, spec
+
+
+def bench_deit_train_step(variant: str, batch: int, image_size: int, num_superpixels: int, repeats: int,
+                          dtype: str) -> dict:
+  """One DeiT supervised step of CAST (``deit_step_setup``), timed as ``bench_train_step`` times MoCo's."""
+  objective, state, batch_arrays, spec = deit_step_setup(variant, batch, image_size, num_superpixels, dtype)
   metrics, compile_s, step_s = _time_train_step(objective, state, batch_arrays, repeats)
   return {'name': 'deit_train_step', 'model': f'cast_deit_{variant}', 'dtype': dtype, 'batch': batch,
           'image_size': image_size, 'superpixels': num_superpixels, 'classes': spec.num_classes,

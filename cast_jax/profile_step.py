@@ -2,6 +2,7 @@ r"""Where a train step's time goes: a ``jax.profiler`` trace of a few steps, sum
 
     python -m cast_jax.profile_step                          # MoCo, cast_small, batch 8, 224 px, 196 superpixels
     python -m cast_jax.profile_step --batch 32 --steps 3 --top 25 --out /tmp/step_profile
+    python -m cast_jax.profile_step --step deit --batch 32        # the DeiT supervised step (benchmark's)
     python -m cast_jax.profile_step --step segmenter --batch 2   # the ADE20K Segmenter, crop 512
 
 The MoCo step is the one ``python -m cast_jax.benchmark --only train_step`` times (``benchmark.moco_step_setup``);
@@ -227,6 +228,20 @@ def profile_moco_step(variant: str, batch: int, image_size: int, num_superpixels
   return summary, groups
 
 
+def profile_deit_step(variant: str, batch: int, image_size: int, num_superpixels: int, steps: int, dtype: str,
+                      out: str) -> tuple[dict, dict]:
+  """(summary, groups) of ``steps`` traced DeiT supervised steps (``benchmark.deit_step_setup``) after a warm-up."""
+  from cast_jax import benchmark  # pylint: disable=import-outside-toplevel
+
+  objective, state, batch_arrays, spec = benchmark.deit_step_setup(variant, batch, image_size, num_superpixels,
+                                                                   dtype)
+  summary, groups = _profile_objective(objective, state, batch_arrays, steps, out)
+  summary.update(model=f'cast_deit_{variant}', dtype=dtype, batch=batch, image_size=image_size,
+                 superpixels=num_superpixels, classes=spec.num_classes,
+                 images_per_s=round(batch / summary['wall_s_per_step'], 2))
+  return summary, groups
+
+
 def profile_segmenter_step(batch: int, crop: int, clusters: tuple[int, ...], classes: int, steps: int, dtype: str,
                            out: str) -> tuple[dict, dict]:
   """(summary, groups) of ``steps`` traced Segmenter steps (SGD-Nesterov, grid superpixels) after a warm-up."""
@@ -260,11 +275,11 @@ def _profile_objective(objective, state, batch_arrays, steps: int, out: str) -> 
 
 def main(argv=None) -> int:
   parser = argparse.ArgumentParser(prog='python -m cast_jax.profile_step', description=__doc__.split('\n\n')[0])
-  parser.add_argument('--step', default='moco', choices=('moco', 'segmenter'), help='which train step to trace')
-  parser.add_argument('--variant', default='small', help='MoCo: the CAST variant')
+  parser.add_argument('--step', default='moco', choices=('moco', 'deit', 'segmenter'), help='which train step to trace')
+  parser.add_argument('--variant', default='small', help='MoCo and DeiT: the CAST variant')
   parser.add_argument('--batch', type=int, default=8)
   parser.add_argument('--image-size', type=int, default=224)
-  parser.add_argument('--superpixels', type=int, default=196, help='MoCo: a square number (grid superpixels)')
+  parser.add_argument('--superpixels', type=int, default=196, help='MoCo and DeiT: a square number (grid superpixels)')
   parser.add_argument('--seg-crop', type=int, default=512, help='Segmenter crop (ADE20K: 512)')
   parser.add_argument('--seg-clusters', default='320,160,80,40', help='Segmenter clusters per stage')
   parser.add_argument('--seg-classes', type=int, default=150, help='Segmenter classes (ADE20K: 150)')
@@ -280,6 +295,9 @@ def main(argv=None) -> int:
     clusters = tuple(int(k) for k in args.seg_clusters.split(','))
     summary, groups = profile_segmenter_step(args.batch, args.seg_crop, clusters, args.seg_classes, args.steps,
                                              args.dtype, out)
+  elif args.step == 'deit':
+    summary, groups = profile_deit_step(args.variant, args.batch, args.image_size, args.superpixels, args.steps,
+                                        args.dtype, out)
   else:
     summary, groups = profile_moco_step(args.variant, args.batch, args.image_size, args.superpixels, args.steps,
                                         args.dtype, out)

@@ -82,3 +82,16 @@ def test_the_segmenter_step_profile_names_the_segmenters_lines(tmp_path, capsys)
   assert summary['wall_s_per_step'] > 0 and summary['op_s_per_step'] > 0
   sources = {row['source'] for row in lines[1:] if row.get('group') == 'source'}
   assert any(source.startswith('cast_jax/models/segmenter.py') for source in sources), sorted(sources)
+
+
+def test_the_deit_step_profile_sees_the_conv_kernel_gradient(tmp_path, capsys):
+  """``--step deit``: the benchmark's DeiT supervised step (shrunk to 64 px) traced; the conv stem's kernel
+  gradients come from ``cast_jax/models/conv.py``'s matrix products, not XLA's convolution."""
+  assert profile_step.main(['--step', 'deit', '--batch', '2', '--image-size', '64', '--superpixels', '64',
+                            '--steps', '1', '--top', '200', '--out', str(tmp_path)]) == 0
+  lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+  summary = lines[0]
+  assert summary['model'] == 'cast_deit_small' and summary['classes'] == 1000 and summary['superpixels'] == 64
+  assert summary['wall_s_per_step'] > 0 and summary['op_s_per_step'] > 0
+  sources = {row['source'] for row in lines[1:] if row.get('group') == 'source'}
+  assert any(source.startswith('cast_jax/models/conv.py') for source in sources), sorted(sources)
