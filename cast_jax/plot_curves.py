@@ -6,6 +6,9 @@ r"""Plot logged metrics of run folders against training step, as a PNG drawn wit
 Every ``--run NAME=FOLDER`` contributes one line per ``--metric`` (read from FOLDER/metrics.jsonl, the same file
 the trainer writes; a resumed run's repeated steps keep the last value). The picture has axes with ticks, a
 legend and, optionally, a dashed horizontal reference line (``--reference 12.5`` for chance).
+
+``--x progress`` puts each run's steps on a 0-1 axis (step / the last step the run logged), to compare runs given
+equal budgets of another kind, e.g. equal CPU time with steps of different cost (``configs/demo_long.py``).
 """
 
 from __future__ import annotations
@@ -40,6 +43,12 @@ def read_curve(folder, metric: str) -> tuple[np.ndarray, np.ndarray]:
   return steps, np.array([points[s] for s in steps])
 
 
+def last_step(folder) -> int:
+  """The largest step of any record in folder/metrics.jsonl (the end of a finished run)."""
+  path = pathlib.Path(folder) / 'metrics.jsonl'
+  return max(int(json.loads(line)['step']) for line in path.read_text().splitlines() if line.strip())
+
+
 def _nice_ticks(low: float, high: float, count: int = 5) -> list[float]:
   """About ``count`` round tick values covering [low, high]."""
   span = max(high - low, 1e-9)
@@ -55,8 +64,9 @@ def _label(value: float) -> str:
 
 
 def plot(curves: Sequence[tuple[str, np.ndarray, np.ndarray]], title: str = '', y_label: str = '',
-         reference: float | None = None, size: tuple[int, int] = (720, 440)) -> np.ndarray:
-  """curves: (legend name, steps (N,), values (N,)) each. Returns an (H, W, 3) uint8 picture."""
+         reference: float | None = None, size: tuple[int, int] = (720, 440), x_label: str = 'step') -> np.ndarray:
+  """curves: (legend name, x (N,), values (N,)) each, x being steps unless ``x_label`` says otherwise. Returns an
+  (H, W, 3) uint8 picture."""
   if not curves:
     raise ValueError('nothing to plot: give at least one run and metric')
   width, height = size
@@ -95,7 +105,7 @@ def plot(curves: Sequence[tuple[str, np.ndarray, np.ndarray]], title: str = '', 
     draw.line([(left + 8, ly + 6), (left + 28, ly + 6)], fill=colour, width=3)
     draw.text((left + 34, ly), name, fill=(0, 0, 0), font=font)
   draw.text((left, 10), title, fill=(0, 0, 0), font=font)
-  draw.text((width // 2 - 12, height - 18), 'step', fill=(0, 0, 0), font=font)
+  draw.text((width // 2 - 3 * len(x_label), height - 18), x_label, fill=(0, 0, 0), font=font)
   if y_label:
     draw.text((left + 4, top - 14), y_label, fill=(80, 80, 80), font=font)
   return np.asarray(img)
@@ -108,6 +118,8 @@ def main(argv=None) -> None:
   parser.add_argument('--out', required=True, help='the PNG to write')
   parser.add_argument('--title', default='')
   parser.add_argument('--reference', type=float, default=None, help='a dashed horizontal line, e.g. chance')
+  parser.add_argument('--x', default='step', choices=('step', 'progress'),
+                      help='step, or progress: step / the run\'s last step (runs with equal budgets of another kind)')
   args = parser.parse_args(argv)
   curves = []
   for run in args.run:
@@ -116,9 +128,13 @@ def main(argv=None) -> None:
       raise SystemExit(f'--run {run!r}: write NAME=RUN_FOLDER, e.g. --run cast=/tmp/cast_demo')
     for metric in args.metric:
       label = name if len(args.metric) == 1 else f'{name} {metric}'
-      curves.append((label, *read_curve(folder, metric)))
+      steps, values = read_curve(folder, metric)
+      if args.x == 'progress':
+        steps = steps / max(last_step(folder), 1)
+      curves.append((label, steps, values))
+  x_label = 'step' if args.x == 'step' else "share of the run's training (its last step = 1)"
   picture = plot(curves, title=args.title, y_label=args.metric[0] if len(args.metric) == 1 else '',
-                 reference=args.reference)
+                 reference=args.reference, x_label=x_label)
   out = pathlib.Path(args.out)
   out.parent.mkdir(parents=True, exist_ok=True)
   Image.fromarray(picture).save(out)

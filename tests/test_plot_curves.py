@@ -54,3 +54,26 @@ def test_main_writes_a_png_with_two_runs(tmp_path):
     assert np.all(picture == np.array(colour), axis=-1).sum() > 50
   with pytest.raises(SystemExit, match='NAME=RUN_FOLDER'):
     plot_curves.main(['--run', str(a), '--metric', 'loss', '--out', str(out)])
+
+
+def test_progress_axis_ends_runs_of_different_lengths_at_the_same_x(tmp_path):
+  """``--x progress``: a 100-step and a 300-step run both end at x = 1, at the plot's right edge."""
+  short = _write_run(tmp_path / 'short', [{'step': s, 'knn/top1': 20.0} for s in (0, 50, 100)])
+  long = _write_run(tmp_path / 'long', [{'step': s, 'knn/top1': 80.0} for s in (0, 150, 300)]
+                    + [{'step': 300, 'loss': 1.0}])
+  assert plot_curves.last_step(long) == 300
+  out = tmp_path / 'progress.png'
+  plot_curves.main(['--run', f'short={short}', '--run', f'long={long}', '--metric', 'knn/top1', '--x', 'progress',
+                    '--out', str(out)])
+  from PIL import Image  # pylint: disable=import-outside-toplevel
+  picture = np.asarray(Image.open(out).convert('RGB'))
+  right_edges = []
+  for colour in plot_curves.COLOURS[:2]:
+    ys, xs = np.nonzero(np.all(picture == np.array(colour), axis=-1))
+    right_edges.append(xs.max())
+  assert abs(right_edges[0] - right_edges[1]) <= 1, right_edges
+  # Plotted against steps instead, the short run would end a third of the way along.
+  plot_curves.main(['--run', f'short={short}', '--run', f'long={long}', '--metric', 'knn/top1', '--out', str(out)])
+  picture = np.asarray(Image.open(out).convert('RGB'))
+  ys, xs = np.nonzero(np.all(picture == np.array(plot_curves.COLOURS[0]), axis=-1))
+  assert xs.max() < right_edges[1] - 200
