@@ -9,6 +9,8 @@ Measurements (``--only`` picks some):
     XLA's own flop count.
   matmul: one float32 (6304x384) @ (384x1536) product, the MLP's shape at batch 32: what this CPU's matrix
     units deliver, the ceiling the forward pass is compared with.
+  conv_grad: the kernel gradient of each conv of the model's stem (its shapes at ``--batch`` and
+    ``--image-size``), XLA's own beside ``cast_jax.models.conv``'s matrix products: milliseconds each.
   train_step: one MoCo-v3 step of cast_small with projector and predictor (two views, base and momentum
     branches, AdamW), batch 32 at 224 px: compile time, images per second (pairs of views) after one
     warm-up step, and peak memory (device peak where the backend reports it, else the process's peak RSS).
@@ -54,7 +56,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from cast_jax import benchmark_accelerator
-from cast_jax.models import ModelSpec, build_model
+from cast_jax.models import ModelSpec, build_model, conv
 from cast_jax.models.variants import compute_dtype
 
 
@@ -130,6 +132,39 @@ def bench_matmul(repeats: int) -> dict:
   step_s = _mean_seconds(compiled, (a, b), repeats)
   return {'name': 'matmul', 'shape': '6304x384 @ 384x1536', 'step_s': round(step_s, 5),
           'gflops_per_s': round(2 * 6304 * 384 * 1536 / step_s / 1e9, 1), 'repeats': repeats, **_environment()}
+
+
+def bench_conv_grad(variant: str, batch: int, image_size: int, repeats: int) -> list[dict]:
+  """The kernel gradient of each conv of the CAST stem (3x3 convs, then the 1x1 projection) at ``batch``:
+  XLA's own against ``cast_jax.models.conv``'s per-tap matrix products, each jitted alone."""
+  from cast_jax.models.variants import SIZES  # pylint: disable=import-outside-toplevel
+
+  embed_dim = SIZES[variant]['embed_dim']
+  rng = np.random.default_rng(0)
+  layers, size, channels = [], image_size, 3
+  for index, stride in enumerate((2, 2, 2, 1)):  # ConvStem: embed_dim/8 channels, doubling
+    out_channels = embed_dim // 8 * 2 ** index
+    layers.append((size, channels, out_channels, 3, stride))
+    size, channels = (size + 2 - 3) // stride + 1, out_channels
+  layers.append((size, channels, embed_dim, 1, 1))
+  results = []
+  for size, c_in, c_out, kernel, stride in layers:
+    padding = ((kernel // 2, kernel // 2),) * 2
+    x = jnp.asarray(rng.standard_normal((batch, size, size, c_in)), jnp.float32)
+    w = jnp.asarray(rng.standard_normal((kernel, kernel, c_in, c_out)) * 0.1, jnp.float32)
+    dy = jnp.ones_like(jax.eval_shape(lambda x, w: jax.lax.conv_general_dilated(
+        x, w, (stride, stride), padding, dimension_numbers=('NHWC', 'HWIO', 'NHWC')), x, w))
+    row = {'name': 'conv_grad', 'batch': batch, 'input': f'{size}x{size}x{c_in}', 'kernel': f'{kernel}x{kernel}',
+           'stride': stride, 'out_channels': c_out, 'repeats': repeats}
+    for kind in ('xla', 'matmul'):
+      with conv.kernel_gradient(kind):
+        grad = jax.jit(lambda x, w, dy: jax.vjp(lambda w: conv.conv_general_dilated(
+            x, w, (stride, stride), padding, dimension_numbers=('NHWC', 'HWIO', 'NHWC')), w)[1](dy)[0])
+        compiled, _ = _compile(grad, x, w, dy)
+      row[f'{kind}_ms'] = round(1e3 * _mean_seconds(compiled, (x, w, dy), repeats), 2)
+    row['speedup'] = round(row['xla_ms'] / row['matmul_ms'], 2)
+    results.append({**row, **_environment()})
+  return results
 
 
 def _peak_memory_mb() -> dict:
@@ -448,7 +483,11 @@ def _sliding_window(args) -> list[dict]:
                                args.repeats, args.dtype)]
 
 
-BENCHMARKS = {'forward': _forward, 'matmul': _matmul, 'train_step': _train_step,
+def _conv_grad(args) -> list[dict]:
+  return bench_conv_grad(args.variant, args.batch, args.image_size, args.repeats)
+
+
+BENCHMARKS = {'forward': _forward, 'matmul': _matmul, 'conv_grad': _conv_grad, 'train_step': _train_step,
               'deit_train_step': _deit_train_step, 'superpixels': bench_superpixels,
               'pipeline': bench_pipeline, 'seg_train_step': _seg_train_step, 'sliding_window': _sliding_window}
 
@@ -472,6 +511,9 @@ def main(argv=None) -> int:
   parser.add_argument('--seg-clusters', default='320,160,80,40', help='cast_seg_deit clusters per stage')
   parser.add_argument('--seg-classes', type=int, default=150, help='Segmenter classes (ADE20K: 150)')
   parser.add_argument('--seg-image', default='512x683', help='HxW of the sliding-window benchmark image')
+  parser.add_argument('--conv-kernel-grad', choices=('matmul', 'xla'), default='matmul',
+                      help="the convs' kernel gradient in the steps: matmul (cast_jax.models.conv, the default) "
+                           "or xla (XLA's own), to time the two side by side")
   args = parser.parse_args(argv)
   if args.accelerator:
     if args.only:
@@ -483,8 +525,11 @@ def main(argv=None) -> int:
   if args.batch is None:
     args.batch = 32
   for name in args.only or list(BENCHMARKS):
-    for result in BENCHMARKS[name](args):
-      print(json.dumps(result), flush=True)
+    with conv.kernel_gradient(args.conv_kernel_grad):
+      results = BENCHMARKS[name](args)
+    for result in results:
+      print(json.dumps({**result, 'conv_kernel_grad': args.conv_kernel_grad} if 'step' in name else result),
+            flush=True)
   return 0
 
 

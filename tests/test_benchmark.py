@@ -19,6 +19,15 @@ def test_matmul_ceiling():
   assert result['shape'] == '6304x384 @ 384x1536' and result['gflops_per_s'] > 0
 
 
+def test_conv_grad_times_both_kernel_gradients_on_the_stems_shapes():
+  rows = benchmark.bench_conv_grad('small', batch=2, image_size=64, repeats=1)
+  # cast_small's stem: 3 -> 48 -> 96 -> 192 -> 384 (strides 2, 2, 2, 1), then the 1x1 projection to 384.
+  assert [(r['input'], r['kernel'], r['stride'], r['out_channels']) for r in rows] == [
+      ('64x64x3', '3x3', 2, 48), ('32x32x48', '3x3', 2, 96), ('16x16x96', '3x3', 2, 192),
+      ('8x8x192', '3x3', 1, 384), ('8x8x384', '1x1', 1, 384)]
+  assert all(r['xla_ms'] > 0 and r['matmul_ms'] > 0 and r['speedup'] > 0 for r in rows)
+
+
 def test_grid_superpixels_must_be_square():
   with pytest.raises(ValueError, match='square number'):
     benchmark.bench_train_step('small', batch=2, image_size=64, num_superpixels=66, repeats=1, dtype='float32')

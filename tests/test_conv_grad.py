@@ -86,3 +86,20 @@ def test_flax_conv_with_bfloat16_compute():
   assert kernel.dtype == jnp.float32
   want = grads['xla']['params']['kernel']
   np.testing.assert_allclose(kernel, want, rtol=0, atol=2e-2 * float(jnp.max(jnp.abs(want))))
+
+
+def test_kernel_gradient_switch_traces_xlas_own_gradient_and_refuses_unknown_kinds():
+  rng = np.random.default_rng(4)
+  x = jnp.asarray(rng.standard_normal((2, 8, 8, 3)), jnp.float32)
+  w = jnp.asarray(rng.standard_normal((3, 3, 3, 4)), jnp.float32)
+  args = ((2, 2), ((1, 1), (1, 1)))
+  want = jax.grad(lambda w: _loss(lax.conv_general_dilated, x, w, *args))(w)
+  with conv.kernel_gradient('xla'):
+    xla = jax.jit(jax.grad(lambda w: _loss(conv.conv_general_dilated, x, w, *args)))(w)
+  np.testing.assert_array_equal(xla, want)  # exactly XLA's, not merely close
+  matmul = jax.jit(jax.grad(lambda w: _loss(conv.conv_general_dilated, x, w, *args)))(w)  # the default again
+  assert not np.array_equal(matmul, want)  # another summation order: the switch really changed the path
+  np.testing.assert_allclose(matmul, want, rtol=0, atol=1e-5 * float(jnp.max(jnp.abs(want))))
+  with pytest.raises(ValueError, match="choose 'matmul' or 'xla'"):
+    with conv.kernel_gradient('cudnn'):
+      pass

@@ -21,14 +21,33 @@ feature group. Anything else goes to ``lax.conv_general_dilated`` unchanged.
 
 from __future__ import annotations
 
+import contextlib
 import functools
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import jax
 import jax.numpy as jnp
 from jax import lax
 
 _NHWC = lax.ConvDimensionNumbers(lhs_spec=(0, 3, 1, 2), rhs_spec=(3, 2, 0, 1), out_spec=(0, 3, 1, 2))
+
+# Read when a function is traced (so a jitted function keeps what it was traced with). Only the benchmark changes
+# it, to time XLA's own kernel gradient beside this module's in one process (``kernel_gradient``).
+_KERNEL_GRADIENT = ['matmul']
+
+
+@contextlib.contextmanager
+def kernel_gradient(kind: str) -> Iterator[None]:
+  """Within the block, trace convolutions with ``kind`` = 'matmul' (this module's) or 'xla' (XLA's own)
+  kernel gradient. For side-by-side timing (``python -m cast_jax.benchmark --conv-kernel-grad xla``)."""
+  if kind not in ('matmul', 'xla'):
+    raise ValueError(f"kernel gradient {kind!r}: choose 'matmul' or 'xla'")
+  previous = _KERNEL_GRADIENT[0]
+  _KERNEL_GRADIENT[0] = kind
+  try:
+    yield
+  finally:
+    _KERNEL_GRADIENT[0] = previous
 
 
 def _xla_conv(lhs, rhs, strides, padding, precision):
@@ -88,7 +107,7 @@ def conv_general_dilated(lhs, rhs, window_strides: Sequence[int], padding, lhs_d
   plain = (lhs_dilation is None or all(d == 1 for d in lhs_dilation)) and \
           (rhs_dilation is None or all(d == 1 for d in rhs_dilation))
   explicit_padding = not isinstance(padding, str)
-  if (plain and explicit_padding and feature_group_count == 1 and not kwargs
+  if (_KERNEL_GRADIENT[0] == 'matmul' and plain and explicit_padding and feature_group_count == 1 and not kwargs
       and _is_nhwc(dimension_numbers, lhs.ndim)):
     padding = tuple((int(low), int(high)) for low, high in padding)
     return _conv_nhwc(lhs, rhs, tuple(int(s) for s in window_strides), padding, precision)
