@@ -68,8 +68,22 @@ def test_other_layouts_fall_back_to_xla():
   want = jax.grad(lambda w: jnp.sum(lax.conv_general_dilated(x, w, *args) ** 2))(w)
   got = jax.grad(lambda w: jnp.sum(conv.conv_general_dilated(x, w, *args) ** 2))(w)
   np.testing.assert_array_equal(got, want)
-  same = conv.conv_general_dilated(x, w, (1, 1), 'SAME')  # string padding also goes to XLA
-  np.testing.assert_array_equal(same, lax.conv_general_dilated(x, w, (1, 1), 'SAME'))
+
+
+@pytest.mark.parametrize('padding,kernel,stride', [('SAME', 1, 1), ('SAME', 3, 2), ('VALID', 3, 2)])
+def test_string_padding_takes_the_matmul_path(padding, kernel, stride):
+  """flax's Conv passes 'SAME' for its default padding (the stem's 1x1 projection): same forward and input
+  gradient as XLA's, and a kernel gradient that differs from XLA's only by rounding."""
+  rng = np.random.default_rng(5)
+  x = jnp.asarray(rng.standard_normal((2, 9, 8, 4)), jnp.float32)
+  w = jnp.asarray(rng.standard_normal((kernel, kernel, 4, 6)), jnp.float32)
+  grad = lambda fn: jax.jit(jax.value_and_grad(lambda x, w: _loss(fn, x, w, (stride, stride), padding),
+                                               argnums=(0, 1)))(x, w)
+  (want_value, (want_x, want_w)), (value, (got_x, got_w)) = grad(lax.conv_general_dilated), \
+      grad(conv.conv_general_dilated)
+  assert float(value) == float(want_value)
+  np.testing.assert_array_equal(got_x, want_x)
+  np.testing.assert_allclose(got_w, want_w, rtol=0, atol=1e-5 * float(jnp.max(jnp.abs(want_w))))
 
 
 def test_flax_conv_with_bfloat16_compute():

@@ -15,8 +15,8 @@ For a kernel of size (kh, kw) with stride s and explicit padding, output pixel (
 
 which is one (C_in, N) @ (N, C_out) product per tap, N = batch * out_height * out_width.
 
-Only the case the models use takes this path: 2-D, NHWC input, HWIO kernel, explicit padding, no dilation, one
-feature group. Anything else goes to ``lax.conv_general_dilated`` unchanged.
+Only the case the models use takes this path: 2-D, NHWC input, HWIO kernel, no dilation, one feature group
+(padding explicit or 'SAME' / 'VALID'). Anything else goes to ``lax.conv_general_dilated`` unchanged.
 """
 
 from __future__ import annotations
@@ -106,11 +106,13 @@ def conv_general_dilated(lhs, rhs, window_strides: Sequence[int], padding, lhs_d
   """
   plain = (lhs_dilation is None or all(d == 1 for d in lhs_dilation)) and \
           (rhs_dilation is None or all(d == 1 for d in rhs_dilation))
-  explicit_padding = not isinstance(padding, str)
-  if (_KERNEL_GRADIENT[0] == 'matmul' and plain and explicit_padding and feature_group_count == 1 and not kwargs
+  if (_KERNEL_GRADIENT[0] == 'matmul' and plain and feature_group_count == 1 and not kwargs
       and _is_nhwc(dimension_numbers, lhs.ndim)):
+    strides = tuple(int(s) for s in window_strides)
+    if isinstance(padding, str):  # flax passes 'SAME' for its default padding (the 1x1 convs)
+      padding = lax.padtype_to_pads(lhs.shape[1:3], rhs.shape[:2], strides, padding)
     padding = tuple((int(low), int(high)) for low, high in padding)
-    return _conv_nhwc(lhs, rhs, tuple(int(s) for s in window_strides), padding, precision)
+    return _conv_nhwc(lhs, rhs, strides, padding, precision)
   return lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation,
                                   rhs_dilation=rhs_dilation, dimension_numbers=dimension_numbers,
                                   feature_group_count=feature_group_count, precision=precision, **kwargs)
