@@ -83,10 +83,15 @@ def _mean_seconds(fn, args, repeats: int) -> float:
   return (time.perf_counter() - start) / repeats
 
 
+# XLA options for every timed compilation (``--compiler-option NAME=VALUE``), e.g. to time XLA CPU's convolution
+# libraries against each other in one session; empty: XLA's defaults.
+COMPILER_OPTIONS: dict[str, str] = {}
+
+
 def _compile(jitted, *args):
-  """(compiled, seconds it took)."""
+  """(compiled, seconds it took), compiled with ``COMPILER_OPTIONS``."""
   start = time.perf_counter()
-  compiled = jitted.lower(*args).compile()
+  compiled = jitted.lower(*args).compile(compiler_options=dict(COMPILER_OPTIONS) or None)
   return compiled, time.perf_counter() - start
 
 
@@ -511,6 +516,10 @@ def main(argv=None) -> int:
   parser.add_argument('--seg-clusters', default='320,160,80,40', help='cast_seg_deit clusters per stage')
   parser.add_argument('--seg-classes', type=int, default=150, help='Segmenter classes (ADE20K: 150)')
   parser.add_argument('--seg-image', default='512x683', help='HxW of the sliding-window benchmark image')
+  parser.add_argument('--compiler-option', action='append', default=[], metavar='NAME=VALUE',
+                      help='an XLA option for the timed compilations (repeatable), e.g. '
+                           'xla_cpu_experimental_ynn_fusion_type=LIBRARY_FUSION_TYPE_REDUCE,'
+                           'LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT (XLA CPU without YNNPACK convolutions, jax 0.10)')
   parser.add_argument('--conv-kernel-grad', choices=('matmul', 'xla'), default='matmul',
                       help="the convs' kernel gradient in the steps: matmul (cast_jax.models.conv, the default) "
                            "or xla (XLA's own), to time the two side by side")
@@ -524,11 +533,19 @@ def main(argv=None) -> int:
     return 0
   if args.batch is None:
     args.batch = 32
+  COMPILER_OPTIONS.clear()
+  for option in args.compiler_option:
+    name, sep, value = option.partition('=')
+    if not sep or not name:
+      parser.error(f'--compiler-option {option!r}: write NAME=VALUE')
+    COMPILER_OPTIONS[name] = value
   for name in args.only or list(BENCHMARKS):
     with conv.kernel_gradient(args.conv_kernel_grad):
       results = BENCHMARKS[name](args)
     for result in results:
-      print(json.dumps({**result, 'conv_kernel_grad': args.conv_kernel_grad} if 'step' in name else result),
+      if 'step' in name:
+        result = {**result, 'conv_kernel_grad': args.conv_kernel_grad}
+      print(json.dumps({**result, 'compiler_options': COMPILER_OPTIONS} if COMPILER_OPTIONS else result),
             flush=True)
   return 0
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -122,3 +124,22 @@ def test_accelerator_tiny_both_objectives_both_dtypes_with_given_peak(capsys):
           if r['name'] == 'accelerator_end_to_end']
   assert ends == [('moco', 'bfloat16', False), ('moco', 'bfloat16', True), ('supervised', 'bfloat16', False),
                   ('supervised', 'bfloat16', True)]
+
+
+def test_compiler_options_reach_the_timed_compilation_and_are_reported(capsys, monkeypatch):
+  seen = []
+  original = benchmark._compile
+
+  def spy(jitted, *args):
+    seen.append(dict(benchmark.COMPILER_OPTIONS))
+    return original(jitted, *args)
+
+  monkeypatch.setattr(benchmark, '_compile', spy)
+  assert benchmark.main(['--only', 'matmul', '--repeats', '1',
+                         '--compiler-option', 'xla_backend_optimization_level=0']) == 0
+  result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+  assert result['compiler_options'] == {'xla_backend_optimization_level': '0'}
+  assert seen == [{'xla_backend_optimization_level': '0'}]
+  with pytest.raises(SystemExit):
+    benchmark.main(['--only', 'matmul', '--compiler-option', 'no_equals_sign'])
+  assert 'write NAME=VALUE' in capsys.readouterr().err
