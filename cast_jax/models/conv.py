@@ -1,9 +1,11 @@
 """A drop-in ``lax.conv_general_dilated`` whose kernel gradient is computed as matrix products.
 
-Why: on XLA's CPU backend the gradient of a convolution with respect to its kernel is several times slower than
-the same sums written as matrix products (measured at batch 32 on the conv stem's shapes: 112x112 48->96 stride 2,
-555 ms against 272 ms; the 1x1 384->384 conv at 28x28, 489 ms against 95 ms). The conv stem runs at full
-resolution, so in CAST's training steps this gradient was a large share of the backward pass.
+Why: on XLA's CPU backend (jax 0.10, which hands convolutions to YNNPACK) the gradient of a convolution with
+respect to its kernel is several times slower than the same sums written as matrix products (batch 32 on the
+conv stem's shapes, ``python -m cast_jax.benchmark --only conv_grad``: 112x112 48->96 stride 2, 447 ms against
+184 ms; the 1x1 384->384 conv at 28x28, 311 ms against 75 ms). The conv stem runs at full resolution, so in
+CAST's training steps this gradient was a large share of the backward pass (the MoCo step at batch 32: 1.10x
+faster with this module, README "Speed").
 
 What changes: only the kernel's cotangent. The forward and the input's cotangent are XLA's own (bit for bit what
 ``lax.conv_general_dilated`` gives); the kernel's cotangent is the same sum in another order (float32 rounding).
