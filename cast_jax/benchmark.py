@@ -44,6 +44,7 @@ so every one of the 196 token slots is used, as with SEEDS at 224 px.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import json
 import platform
@@ -55,7 +56,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from cast_jax import benchmark_accelerator
+from cast_jax import benchmark_accelerator, xla_cpu
 from cast_jax.models import ModelSpec, build_model, conv
 from cast_jax.models.variants import compute_dtype
 
@@ -83,15 +84,21 @@ def _mean_seconds(fn, args, repeats: int) -> float:
   return (time.perf_counter() - start) / repeats
 
 
-# XLA options for every timed compilation (``--compiler-option NAME=VALUE``), e.g. to time XLA CPU's convolution
-# libraries against each other in one session; empty: XLA's defaults.
+# XLA options added over cast_jax's own (``cast_jax.xla_cpu``) for every timed compilation
+# (``--compiler-option NAME=VALUE``); with ``--xla-defaults`` they are added over XLA's defaults instead.
 COMPILER_OPTIONS: dict[str, str] = {}
 
 
+def timed_compiler_options() -> dict[str, str]:
+  """What the timed compilations get: cast_jax's options (none under ``xla_cpu.xla_defaults()``), then
+  ``COMPILER_OPTIONS`` over them."""
+  return {**(xla_cpu.project_options() or {}), **COMPILER_OPTIONS}
+
+
 def _compile(jitted, *args):
-  """(compiled, seconds it took), compiled with ``COMPILER_OPTIONS``."""
+  """(compiled, seconds it took), compiled with ``timed_compiler_options()``."""
   start = time.perf_counter()
-  compiled = jitted.lower(*args).compile(compiler_options=dict(COMPILER_OPTIONS) or None)
+  compiled = jitted.lower(*args).compile(compiler_options=timed_compiler_options() or None)
   return compiled, time.perf_counter() - start
 
 
@@ -517,9 +524,11 @@ def main(argv=None) -> int:
   parser.add_argument('--seg-classes', type=int, default=150, help='Segmenter classes (ADE20K: 150)')
   parser.add_argument('--seg-image', default='512x683', help='HxW of the sliding-window benchmark image')
   parser.add_argument('--compiler-option', action='append', default=[], metavar='NAME=VALUE',
-                      help='an XLA option for the timed compilations (repeatable), e.g. '
-                           'xla_cpu_experimental_ynn_fusion_type=LIBRARY_FUSION_TYPE_REDUCE,'
-                           'LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT (XLA CPU without YNNPACK convolutions, jax 0.10)')
+                      help="an XLA option for the timed compilations (repeatable), over cast_jax's own "
+                           '(cast_jax.xla_cpu), e.g. xla_cpu_experimental_ynn_fusion_type=...')
+  parser.add_argument('--xla-defaults', action='store_true',
+                      help="compile with XLA's defaults instead of cast_jax's options (on XLA CPU of jax 0.10: "
+                           'YNNPACK convolutions), to time the two side by side')
   parser.add_argument('--conv-kernel-grad', choices=('matmul', 'xla'), default='matmul',
                       help="the convs' kernel gradient in the steps: matmul (cast_jax.models.conv, the default) "
                            "or xla (XLA's own), to time the two side by side")
@@ -539,14 +548,16 @@ def main(argv=None) -> int:
     if not sep or not name:
       parser.error(f'--compiler-option {option!r}: write NAME=VALUE')
     COMPILER_OPTIONS[name] = value
-  for name in args.only or list(BENCHMARKS):
-    with conv.kernel_gradient(args.conv_kernel_grad):
-      results = BENCHMARKS[name](args)
-    for result in results:
-      if 'step' in name:
-        result = {**result, 'conv_kernel_grad': args.conv_kernel_grad}
-      print(json.dumps({**result, 'compiler_options': COMPILER_OPTIONS} if COMPILER_OPTIONS else result),
-            flush=True)
+  defaults = xla_cpu.xla_defaults() if args.xla_defaults else contextlib.nullcontext()
+  with defaults:
+    options = timed_compiler_options()
+    for name in args.only or list(BENCHMARKS):
+      with conv.kernel_gradient(args.conv_kernel_grad):
+        results = BENCHMARKS[name](args)
+      for result in results:
+        if 'step' in name:
+          result = {**result, 'conv_kernel_grad': args.conv_kernel_grad}
+        print(json.dumps({**result, 'compiler_options': options}), flush=True)
   return 0
 
 

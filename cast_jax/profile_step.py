@@ -38,6 +38,9 @@ from typing import Iterable
 
 import jax
 
+from cast_jax import xla_cpu
+
+
 # ---------------------------------------------------------------------------------------------- HLO metadata
 
 # ``name = shape opcode(operands)``; a shape is one token or a parenthesised tuple (multi-output fusions, while).
@@ -258,7 +261,8 @@ def profile_segmenter_step(batch: int, crop: int, clusters: tuple[int, ...], cla
 def _profile_objective(objective, state, batch_arrays, steps: int, out: str) -> tuple[dict, dict]:
   """(summary, groups) of ``steps`` traced calls of ``objective.train_step`` (jitted, state donated) after one
   warm-up call."""
-  compiled = jax.jit(objective.train_step, donate_argnums=(0,)).lower(state, batch_arrays).compile()
+  compiled = jax.jit(objective.train_step, donate_argnums=(0,)).lower(state, batch_arrays).compile(
+      compiler_options=xla_cpu.project_options())  # what the trainer compiles with
   carry = {'state': state}
 
   def run_once():

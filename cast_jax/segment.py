@@ -37,6 +37,7 @@ import jax
 import numpy as np
 from PIL import Image
 
+from cast_jax import xla_cpu
 from cast_jax import visualize
 from cast_jax.data.augment import normalize
 from cast_jax.data.decode import decode_image
@@ -70,7 +71,7 @@ class HierarchySegmenter:
       """One image as a batch of one: its token count is its own max id + 1 (module docstring)."""
       return forward(variables, image[None], superpixels[None])['hierarchy'][0]  # features are not needed here
 
-    self._forward = jax.jit(jax.vmap(alone, in_axes=(None, 0, 0)))
+    self._forward = xla_cpu.jit(jax.vmap(alone, in_axes=(None, 0, 0)))
 
   @classmethod
   def from_checkpoint(cls, path, superpixels: Optional[str] = None, loaded=None, **kwargs) -> 'HierarchySegmenter':

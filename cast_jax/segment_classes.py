@@ -20,10 +20,10 @@ import json
 import pathlib
 from typing import Any, Optional, Sequence
 
-import jax
 import numpy as np
 from PIL import Image
 
+from cast_jax import xla_cpu
 from cast_jax import visualize
 from cast_jax.data.segmentation import SegmentationEval
 from cast_jax.models.variants import ModelSpec, build_model
@@ -87,7 +87,7 @@ class ClassMapSegmenter:
     self.recipe = SegmentationEval(img_scale=tuple(settings.img_scale))
     model = build_model(self.spec)
     variables = {k: variables[k] for k in ('params', 'batch_stats') if k in variables}
-    forward = jax.jit(lambda v, x, s: model.apply(v, x, s, train=False)['masks'])
+    forward = xla_cpu.jit(lambda v, x, s: model.apply(v, x, s, train=False)['masks'])
     self._apply = lambda images, superpixels: forward(variables, images, superpixels)
 
   @classmethod

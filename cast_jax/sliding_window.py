@@ -23,9 +23,9 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Callable, Sequence
 
-import jax
 import numpy as np
 
+from cast_jax import xla_cpu
 from cast_jax.models.resize import interpolation_matrix
 from cast_jax.superpixels import SuperpixelConfig, compute_superpixels, invert_uint8, preset
 
@@ -112,7 +112,7 @@ class SlidingWindow:
 
 def segmenter_window_fn(model, variables) -> Callable[[Any, Any], Any]:
   """A jitted eval-mode ``(images (N, w, w, 3), superpixels (N, w, w)) -> masks (N, w, w, C)``."""
-  forward = jax.jit(lambda v, x, s: model.apply(v, x, s, train=False)['masks'])
+  forward = xla_cpu.jit(lambda v, x, s: model.apply(v, x, s, train=False)['masks'])
   return lambda images, superpixels: forward(variables, images, superpixels)
 
 

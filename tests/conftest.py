@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import pathlib
 
-import jax
 import numpy as np
 import pytest
+
+from cast_jax import xla_cpu
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -281,24 +281,14 @@ def quick_variables(model, *inputs, seed: int = 0):
 
 
 # Compiling a tiny CAST with XLA's default CPU code generation takes ~15 s on a 2-core CPU, mostly in the
-# fusion emitters and LLVM; with these options it takes ~2-3 s. The lowered program is the same, only the
-# machine code is optimised less.
-FAST_CPU_COMPILE = {'xla_backend_optimization_level': 0, 'xla_cpu_use_fusion_emitters': False}
-
-
-@functools.lru_cache(maxsize=None)
+# fusion emitters and LLVM; with xla_cpu.FAST_COMPILE it takes ~2-3 s. The lowered program is the same, only the
+# machine code is optimised less. cast_jax's own options (convolutions without YNNPACK on jax 0.10's XLA CPU)
+# are kept, so the golden tests check the convolutions the trainer runs.
 def fast_compile_options():
-  """FAST_CPU_COMPILE where this jax/XLA accepts it, else None (plain jit); decided once per process."""
-  if jax.default_backend() != 'cpu':
-    return None
-  try:
-    jax.jit(lambda x: x + 1, compiler_options=FAST_CPU_COMPILE).lower(1.0).compile()
-  except Exception:  # an older jax without per-function options, or an XLA without these flags
-    return None
-  return FAST_CPU_COMPILE
+  """cast_jax's CPU compiler options with fast compilation, where this jax/XLA accepts them, else None."""
+  return xla_cpu.project_options(fast_compile=True)
 
 
 def fast_jit(fn, **kwargs):
   """``jax.jit`` with cheap CPU code generation where available."""
-  options = fast_compile_options()
-  return jax.jit(fn, **kwargs) if options is None else jax.jit(fn, compiler_options=options, **kwargs)
+  return xla_cpu.jit(fn, fast_compile=True, **kwargs)

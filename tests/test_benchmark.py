@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from cast_jax import benchmark
+from cast_jax import benchmark, xla_cpu
 
 
 def test_forward_reports_speed_and_flop_rate():
@@ -131,15 +131,19 @@ def test_compiler_options_reach_the_timed_compilation_and_are_reported(capsys, m
   original = benchmark._compile
 
   def spy(jitted, *args):
-    seen.append(dict(benchmark.COMPILER_OPTIONS))
+    seen.append(benchmark.timed_compiler_options())
     return original(jitted, *args)
 
   monkeypatch.setattr(benchmark, '_compile', spy)
-  assert benchmark.main(['--only', 'matmul', '--repeats', '1',
-                         '--compiler-option', 'xla_backend_optimization_level=0']) == 0
-  result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-  assert result['compiler_options'] == {'xla_backend_optimization_level': '0'}
-  assert seen == [{'xla_backend_optimization_level': '0'}]
+  given = {'xla_backend_optimization_level': '0'}
+  project = xla_cpu.project_options() or {}
+  for flags, expected in (([], {**project, **given}), (['--xla-defaults'], given)):
+    seen.clear()
+    assert benchmark.main(['--only', 'matmul', '--repeats', '1', *flags,
+                           '--compiler-option', 'xla_backend_optimization_level=0']) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result['compiler_options'] == expected
+    assert seen == [expected]
   with pytest.raises(SystemExit):
     benchmark.main(['--only', 'matmul', '--compiler-option', 'no_equals_sign'])
   assert 'write NAME=VALUE' in capsys.readouterr().err

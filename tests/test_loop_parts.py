@@ -13,6 +13,7 @@ import ml_collections
 import numpy as np
 import pytest
 
+from cast_jax import xla_cpu
 from cast_jax.run_folder import RunFolder
 from cast_jax.train import loop
 from cast_jax.train.distributed import WorkdirBusyError
@@ -23,11 +24,11 @@ from cast_jax.train.profiling import StepProfiler
 
 def test_only_compile_options_xla_accepts_are_used():
   known = 'xla_backend_optimization_level'
-  accepted = loop.accepted_compiler_options({known: 0, 'xla_cast_jax_no_such_option': True})
+  accepted = xla_cpu.accepted({known: 0, 'xla_cast_jax_no_such_option': True})
   assert accepted == {known: 0}
   # Whatever this XLA accepts of the fast-compile set, the loop's jit compiles and runs with it (jax 0.12's
   # XLA refuses xla_cpu_use_fusion_emitters, which failed every :test run there).
-  assert set(loop.accepted_compiler_options(loop.FAST_CPU_COMPILE)) <= set(loop.FAST_CPU_COMPILE)
+  assert set(xla_cpu.accepted(xla_cpu.FAST_COMPILE)) <= set(xla_cpu.FAST_COMPILE)
   config = ml_collections.ConfigDict({'fast_compile': True})
   assert float(loop._jit(lambda x: x * 2, config)(jnp.float32(3))) == 6.0  # pylint: disable=protected-access
 

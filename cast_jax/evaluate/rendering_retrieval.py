@@ -74,14 +74,13 @@ def main(argv=None) -> None:
   parser.add_argument('--palette', default='random', choices=partworld.PALETTES)
   args = parser.parse_args(argv)
 
-  import jax  # pylint: disable=import-outside-toplevel
-  from cast_jax import run_folder  # pylint: disable=import-outside-toplevel
+  from cast_jax import run_folder, xla_cpu  # pylint: disable=import-outside-toplevel
   from cast_jax.models import build_model  # pylint: disable=import-outside-toplevel
   from cast_jax.superpixels import compute_superpixels, preset  # pylint: disable=import-outside-toplevel
 
   spec, variables = run_folder.encoder_only(*run_folder.load_variables(args.checkpoint))
   model = build_model(spec)
-  apply = jax.jit(lambda v, x, s: model.apply(v, x, s, train=False)['features'])
+  apply = xla_cpu.jit(lambda v, x, s: model.apply(v, x, s, train=False)['features'])
   # The demo's superpixels (configs use 'moco' / 'deit' presets with these overrides at 64 px).
   config = preset('moco', num_segments=49, iterations=10)
   first, second, labels = render_pairs(args.num, spec.image_size, palette=args.palette)

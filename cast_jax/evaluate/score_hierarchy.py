@@ -16,9 +16,9 @@ import argparse
 import json
 import sys
 
-import jax
 import numpy as np
 
+from cast_jax import xla_cpu
 from cast_jax.data import partworld
 from cast_jax.data.augment import normalize
 from cast_jax.evaluate.segment_scores import SegmentScore
@@ -68,7 +68,7 @@ def score(checkpoint: str, vit_checkpoint: str | None, num_images: int, num_segm
   if vit_checkpoint:
     vit_spec, vit_variables = encoder_only(*load_variables(vit_checkpoint))
     vit = build_encoder(vit_spec)
-    vit_tokens = jax.jit(lambda v, x: vit.apply(v, x, None, train=False)['patch_tokens'])
+    vit_tokens = xla_cpu.jit(lambda v, x: vit.apply(v, x, None, train=False)['patch_tokens'])
     rows.update({f'vit_kmeans ({k})': None for k in clusters})
   scores = {name: (SegmentScore(2), SegmentScore(NUM_PART_CLASSES)) for name in rows}
 

@@ -10,16 +10,18 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 
+from cast_jax import xla_cpu
 from cast_jax.evaluate.spml_inputs import prepare_test_image, restore_prediction
 from cast_jax.evaluate.spml_retrieval import check_labels, iou_counts, miou_from_counts
 
 
-def make_predict(model, variables, jit=jax.jit):
-  """(h, w, 3) image, (h, w) superpixels -> (h, w) uint8 argmax class. One compilation per distinct (h, w)."""
+def make_predict(model, variables, jit=None):
+  """(h, w, 3) image, (h, w) superpixels -> (h, w) uint8 argmax class. One compilation per distinct (h, w).
+  ``jit``: default ``xla_cpu.jit``."""
+  jit = jit or xla_cpu.jit
 
   @jit
   def run(variables, image, superpixels):

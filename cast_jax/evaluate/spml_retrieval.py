@@ -26,6 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from cast_jax import xla_cpu
 from cast_jax.models.spml import IGNORE_LABEL, l2_normalize
 
 TOP_K = 20
@@ -279,11 +280,11 @@ def last_stage_model(source, variables, path='the checkpoint', num_clusters=None
 
 # ---------------------------------------------------------------------------------------- images to the score
 
-def make_apply(model, variables, jit=jax.jit, level: Optional[int] = None):
+def make_apply(model, variables, jit=None, level: Optional[int] = None):
   """jit(model.apply) in eval mode for one image: (h, w, 3) image, (h, w) superpixels -> (K4, C) prototypes,
   (K4,) present and (h, w) level-4 ids. One compilation per distinct (h, w). ``jit``: e.g. a jit with other
-  compiler options. level: the pooling level whose segments make the prototypes (1-based; None: the last,
-  SPML's level 4); K4 is then that level's cluster count."""
+  compiler options (default ``xla_cpu.jit``). level: the pooling level whose segments make the prototypes
+  (1-based; None: the last, SPML's level 4); K4 is then that level's cluster count."""
   from cast_jax.models.hierarchy import pixel_hierarchy
 
   clusters = tuple(model.encoder.num_clusters)
@@ -292,6 +293,7 @@ def make_apply(model, variables, jit=jax.jit, level: Optional[int] = None):
     raise ValueError(f'segment level {level} does not exist: the model pools {len(clusters)} times '
                      f'(clusters {clusters}); choose 1..{len(clusters)} (SPML uses the last, level 4)')
   k4 = clusters[level - 1]
+  jit = jit or xla_cpu.jit
 
   @jit
   def run(variables, image, superpixels):

@@ -73,6 +73,7 @@ def view_agreement(config, variables=None, batch_size: int = 128) -> dict[str, d
 
   from cast_jax.models import build_model  # pylint: disable=import-outside-toplevel
   from cast_jax.train import inputs, loop  # pylint: disable=import-outside-toplevel
+  from cast_jax import xla_cpu  # pylint: disable=import-outside-toplevel
 
   if config.trainer != 'moco':
     raise ValueError(f'view_agreement needs a moco config (two views per example); got trainer {config.trainer!r}')
@@ -83,7 +84,7 @@ def view_agreement(config, variables=None, batch_size: int = 128) -> dict[str, d
   variables = {'params': variables['params'], 'batch_stats': variables.get('batch_stats', {})}
   batch = next(inputs.moco_train_iterator(config.data, batch_size, config.seed, 0, 1, spec.uses_superpixels))
 
-  @jax.jit
+  @xla_cpu.jit
   def forward(images, superpixels, rng):
     out, _ = model.apply(variables, images, superpixels, train=True, mutable=['batch_stats'],
                          rngs={'dropout': rng})

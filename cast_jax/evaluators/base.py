@@ -29,6 +29,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import PartitionSpec as P
 
+from cast_jax import xla_cpu
 from cast_jax.data.augment import IMAGENET_MEAN, IMAGENET_STD
 from cast_jax.models.hierarchy import encoder_forward
 from cast_jax.models.variants import ModelSpec
@@ -69,7 +70,7 @@ class EvalContext:
   @functools.cached_property
   def forward(self) -> Callable:
     """(variables, images (B, H, W, 3), superpixels (B, H, W)) -> encoder_forward's dict, batch-sharded."""
-    return jax.jit(encoder_forward(self.model, self.uses_superpixels),
+    return xla_cpu.jit(encoder_forward(self.model, self.uses_superpixels),
                    out_shardings=sharding.batch_sharding(self.mesh))
 
   @functools.cached_property

@@ -38,6 +38,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.experimental import multihost_utils
 
+from cast_jax import xla_cpu
 from cast_jax.data.decode import decode_image
 from cast_jax.data.segmentation import IGNORE_LABEL, SegmentationEval
 from cast_jax.evaluators.base import Evaluator, register, variables_of
@@ -115,14 +116,8 @@ def _host_variables(variables):
 
 
 def _jit_for(config):
-  """``jax.jit``, with the loop's cheap XLA CPU code generation when ``config.fast_compile`` (tests)."""
-  if config.get('fast_compile') and jax.default_backend() == 'cpu':
-    from cast_jax.train.loop import FAST_CPU_COMPILE, accepted_compiler_options  # pylint: disable=import-outside-toplevel
-
-    options = accepted_compiler_options(FAST_CPU_COMPILE)
-    if options:
-      return functools.partial(jax.jit, compiler_options=options)
-  return jax.jit
+  """``jax.jit`` with cast_jax's XLA CPU options, and cheap code generation when ``config.fast_compile`` (tests)."""
+  return functools.partial(xla_cpu.jit, fast_compile=bool(config.get('fast_compile')))
 
 
 @register('miou')

@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from cast_jax import xla_cpu
 from cast_jax.data.decode import decode_image
 from cast_jax.evaluate.spml_inputs import prepare_test_image, restore_prediction
 from cast_jax.evaluate.spml_retrieval import check_labels, iou_counts, miou_from_counts
@@ -51,7 +52,7 @@ class SPMLMeanIoUEvaluator(Evaluator):
     self.max_segments = config.model.get('max_segments')
     model = context.model
 
-    @jax.jit
+    @xla_cpu.jit
     def predict(variables, images, superpixels):
       """(B, h, w, 3), (B, h, w) -> (B, h, w) uint8 argmax class."""
       logits = model.apply(variables, images, superpixels, train=False)['logits']

@@ -10,16 +10,16 @@ since the previous log), pictures, the parameter table and the config. ``config.
 from __future__ import annotations
 
 import contextlib
-import functools
 import math
 import time
-from typing import Any, Mapping
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 
 from cast_jax import evaluators as evaluators_lib
+from cast_jax import xla_cpu
 from cast_jax.data.pipeline import summarize_skips
 from cast_jax.models.variants import ModelSpec, build_model, compute_dtype
 from cast_jax.run_folder import PARAMETERS, RunFolder
@@ -27,11 +27,6 @@ from cast_jax.train import checkpoint, distributed, inputs, optim, schedules, sh
 from cast_jax.train.logged_metrics import IntervalMeans
 from cast_jax.train.metric_writer import MetricWriter, format_progress
 from cast_jax.train.profiling import StepProfiler
-
-# Compiling with these options is several times faster on CPU (the program is the same, its machine code
-# less optimised); the tests and the :test configs use them, where this jax/XLA accepts them.
-FAST_CPU_COMPILE = {'xla_backend_optimization_level': 0, 'xla_cpu_use_fusion_emitters': False}
-
 
 class NonFiniteLossError(FloatingPointError):
   """The loss became NaN or Inf; the run stopped without saving the bad state."""
@@ -41,33 +36,9 @@ def model_spec(config) -> ModelSpec:
   return ModelSpec.from_config(config.model.to_dict())
 
 
-def accepted_compiler_options(candidates: Mapping[str, Any]) -> dict[str, Any]:
-  """The subset of ``candidates`` this jax/XLA accepts, found by compiling a tiny function with each option.
-
-  XLA's options come and go between versions (``xla_cpu_use_fusion_emitters`` is refused by the XLA of jax 0.12:
-  'No such compile option'); an unknown one fails the compilation of every function it is passed to.
-  """
-  return dict(_accepted(tuple(sorted(candidates.items()))))
-
-
-@functools.lru_cache(maxsize=None)
-def _accepted(candidates: tuple[tuple[str, Any], ...]) -> tuple[tuple[str, Any], ...]:
-  accepted = []
-  for name, value in candidates:
-    try:
-      jax.jit(lambda x: x + 1, compiler_options={name: value}).lower(1.0).compile()
-    except Exception:  # pylint: disable=broad-except  # XLA raises JaxRuntimeError, older jax TypeError
-      continue
-    accepted.append((name, value))
-  return tuple(accepted)
-
-
 def _jit(fn, config, **kwargs):
-  if config.fast_compile and jax.default_backend() == 'cpu':
-    options = accepted_compiler_options(FAST_CPU_COMPILE)
-    if options:
-      return jax.jit(fn, compiler_options=options, **kwargs)
-  return jax.jit(fn, **kwargs)
+  """``jax.jit`` with cast_jax's XLA CPU options (``cast_jax.xla_cpu``), fast compilation if ``config.fast_compile``."""
+  return xla_cpu.jit(fn, fast_compile=bool(config.get('fast_compile')), **kwargs)
 
 
 def initial_variables(config, spec: ModelSpec, model) -> dict[str, Any]:

@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from cast_jax import xla_cpu
 from cast_jax import loading
 from cast_jax.models.variants import ModelSpec
 from cast_jax.train import optim
@@ -130,7 +131,7 @@ class SegmentationObjective(GradientStep):
 
   def jit_step(self, **jit_kwargs):
     """The jitted ``train_step(state, batch) -> (state, metrics)``; the state's buffers are donated."""
-    return jax.jit(self.train_step, donate_argnums=(0,), **jit_kwargs)
+    return xla_cpu.jit(self.train_step, donate_argnums=(0,), **jit_kwargs)
 
 
 def start_segmenter(fresh, target: ModelSpec, source: ModelSpec, loaded, *, seed: int = 0,
