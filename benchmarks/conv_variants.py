@@ -6,7 +6,8 @@ Variants: the kernel gradient from XLA or from ``cast_jax.models.conv``'s matrix
 default convolutions (YNNPACK) or with XLA's own (``xla_cpu_experimental_ynn_fusion_type`` without
 INDIVIDUAL_CONVOLUTION, jax 0.10's other defaults kept). Each variant is compiled once; then every round runs each
 variant's step once, so slow phases of a shared machine fall on all of them alike. Prints, per variant, the
-seconds of each round and their mean (README "Speed", "The stem's convolutions on XLA CPU").
+seconds of each round and their mean (README "Speed", "The stem's convolutions on XLA CPU"). The trainer's own
+compilation (``cast_jax.xla_cpu``) is the third variant: XLA's own convolutions, matmul kernel gradient.
 """
 
 import argparse

@@ -11,6 +11,8 @@ Measurements (``--only`` picks some):
     units deliver, the ceiling the forward pass is compared with.
   conv_grad: the kernel gradient of each conv of the model's stem (its shapes at ``--batch`` and
     ``--image-size``), XLA's own beside ``cast_jax.models.conv``'s matrix products: milliseconds each.
+  conv_forward: the forward of each conv of the stem compiled with XLA's defaults and with cast_jax's options
+    (``cast_jax.xla_cpu``: XLA CPU's own convolutions instead of YNNPACK's on jax 0.10): milliseconds each.
   train_step: one MoCo-v3 step of cast_small with projector and predictor (two views, base and momentum
     branches, AdamW), batch 32 at 224 px: compile time, images per second (pairs of views) after one
     warm-up step, and peak memory (device peak where the backend reports it, else the process's peak RSS).
@@ -36,6 +38,9 @@ accelerator (``--accelerator``, not part of "everything"): the MoCo and supervis
     in float32 and bfloat16 on the jax device present: images/s, step time, peak memory, model-FLOPs utilisation,
     and end-to-end images/s with SEEDS on the host vs on-device superpixels (``cast_jax.benchmark_accelerator``;
     ``--tiny`` for CPU CI).
+
+Every timed compilation gets cast_jax's XLA options (``cast_jax.xla_cpu``, what the trainer compiles with) plus
+any ``--compiler-option``; ``--xla-defaults`` drops cast_jax's own, to time XLA's defaults side by side.
 
 Weights are random (speed does not depend on them) and superpixels are a regular 14x14 grid of 16 px cells,
 so every one of the 196 token slots is used, as with SEEDS at 224 px.
@@ -146,28 +151,40 @@ def bench_matmul(repeats: int) -> dict:
           'gflops_per_s': round(2 * 6304 * 384 * 1536 / step_s / 1e9, 1), 'repeats': repeats, **_environment()}
 
 
-def bench_conv_grad(variant: str, batch: int, image_size: int, repeats: int) -> list[dict]:
-  """The kernel gradient of each conv of the CAST stem (3x3 convs, then the 1x1 projection) at ``batch``:
-  XLA's own against ``cast_jax.models.conv``'s per-tap matrix products, each jitted alone."""
+def stem_layers(variant: str, image_size: int) -> list[tuple[int, int, int, int, int]]:
+  """(input size, C_in, C_out, kernel, stride) of each conv of the CAST stem: four 3x3 convs with embed_dim/8
+  channels doubling, then the 1x1 projection to embed_dim."""
   from cast_jax.models.variants import SIZES  # pylint: disable=import-outside-toplevel
 
   embed_dim = SIZES[variant]['embed_dim']
-  rng = np.random.default_rng(0)
   layers, size, channels = [], image_size, 3
-  for index, stride in enumerate((2, 2, 2, 1)):  # ConvStem: embed_dim/8 channels, doubling
+  for index, stride in enumerate((2, 2, 2, 1)):
     out_channels = embed_dim // 8 * 2 ** index
     layers.append((size, channels, out_channels, 3, stride))
     size, channels = (size + 2 - 3) // stride + 1, out_channels
   layers.append((size, channels, embed_dim, 1, 1))
+  return layers
+
+
+def _stem_layer_arrays(rng, batch: int, size: int, c_in: int, c_out: int, kernel: int, stride: int):
+  """(x, w, padding, row) for one stem layer; row: the shape fields every per-layer result carries."""
+  x = jnp.asarray(rng.standard_normal((batch, size, size, c_in)), jnp.float32)
+  w = jnp.asarray(rng.standard_normal((kernel, kernel, c_in, c_out)) * 0.1, jnp.float32)
+  row = {'batch': batch, 'input': f'{size}x{size}x{c_in}', 'kernel': f'{kernel}x{kernel}', 'stride': stride,
+         'out_channels': c_out}
+  return x, w, ((kernel // 2, kernel // 2),) * 2, row
+
+
+def bench_conv_grad(variant: str, batch: int, image_size: int, repeats: int) -> list[dict]:
+  """The kernel gradient of each conv of the CAST stem (3x3 convs, then the 1x1 projection) at ``batch``:
+  XLA's own against ``cast_jax.models.conv``'s per-tap matrix products, each jitted alone."""
+  rng = np.random.default_rng(0)
   results = []
-  for size, c_in, c_out, kernel, stride in layers:
-    padding = ((kernel // 2, kernel // 2),) * 2
-    x = jnp.asarray(rng.standard_normal((batch, size, size, c_in)), jnp.float32)
-    w = jnp.asarray(rng.standard_normal((kernel, kernel, c_in, c_out)) * 0.1, jnp.float32)
+  for size, c_in, c_out, kernel, stride in stem_layers(variant, image_size):
+    x, w, padding, shape = _stem_layer_arrays(rng, batch, size, c_in, c_out, kernel, stride)
     dy = jnp.ones_like(jax.eval_shape(lambda x, w: jax.lax.conv_general_dilated(
         x, w, (stride, stride), padding, dimension_numbers=('NHWC', 'HWIO', 'NHWC')), x, w))
-    row = {'name': 'conv_grad', 'batch': batch, 'input': f'{size}x{size}x{c_in}', 'kernel': f'{kernel}x{kernel}',
-           'stride': stride, 'out_channels': c_out, 'repeats': repeats}
+    row = {'name': 'conv_grad', **shape, 'repeats': repeats}
     for kind in ('xla', 'matmul'):
       with conv.kernel_gradient(kind):
         grad = jax.jit(lambda x, w, dy: jax.vjp(lambda w: conv.conv_general_dilated(
@@ -175,6 +192,25 @@ def bench_conv_grad(variant: str, batch: int, image_size: int, repeats: int) -> 
         compiled, _ = _compile(grad, x, w, dy)
       row[f'{kind}_ms'] = round(1e3 * _mean_seconds(compiled, (x, w, dy), repeats), 2)
     row['speedup'] = round(row['xla_ms'] / row['matmul_ms'], 2)
+    results.append({**row, **_environment()})
+  return results
+
+
+def bench_conv_forward(variant: str, batch: int, image_size: int, repeats: int) -> list[dict]:
+  """The forward of each conv of the CAST stem at ``batch``, compiled with XLA's defaults and with cast_jax's
+  options (``cast_jax.xla_cpu``: on jax 0.10's XLA CPU, XLA's own convolutions instead of YNNPACK's)."""
+  rng = np.random.default_rng(0)
+  results = []
+  for size, c_in, c_out, kernel, stride in stem_layers(variant, image_size):
+    x, w, padding, shape = _stem_layer_arrays(rng, batch, size, c_in, c_out, kernel, stride)
+    forward = jax.jit(lambda x, w: conv.conv_general_dilated(
+        x, w, (stride, stride), padding, dimension_numbers=('NHWC', 'HWIO', 'NHWC')))
+    row = {'name': 'conv_forward', **shape, 'repeats': repeats}
+    for column, defaults in (('xla_defaults_ms', xla_cpu.xla_defaults()), ('cast_jax_ms', contextlib.nullcontext())):
+      with defaults:
+        compiled, _ = _compile(forward, x, w)
+      row[column] = round(1e3 * _mean_seconds(compiled, (x, w), repeats), 2)
+    row['speedup'] = round(row['xla_defaults_ms'] / row['cast_jax_ms'], 2)
     results.append({**row, **_environment()})
   return results
 
@@ -499,7 +535,12 @@ def _conv_grad(args) -> list[dict]:
   return bench_conv_grad(args.variant, args.batch, args.image_size, args.repeats)
 
 
-BENCHMARKS = {'forward': _forward, 'matmul': _matmul, 'conv_grad': _conv_grad, 'train_step': _train_step,
+def _conv_forward(args) -> list[dict]:
+  return bench_conv_forward(args.variant, args.batch, args.image_size, args.repeats)
+
+
+BENCHMARKS = {'forward': _forward, 'matmul': _matmul, 'conv_grad': _conv_grad, 'conv_forward': _conv_forward,
+              'train_step': _train_step,
               'deit_train_step': _deit_train_step, 'superpixels': bench_superpixels,
               'pipeline': bench_pipeline, 'seg_train_step': _seg_train_step, 'sliding_window': _sliding_window}
 

@@ -38,7 +38,7 @@ class LoadError(ValueError):
   """The checkpoint does not fit the model. ``missing``, ``unexpected`` and ``misshaped`` hold the leaf names."""
 
   def __init__(self, source: str, missing: Sequence[str], unexpected: Sequence[str], misshaped: Sequence[str],
-               unused_patterns: Sequence[str] = ()):
+               unused_patterns: Sequence[str] = (), hint: str = ''):
     self.missing, self.unexpected, self.misshaped = list(missing), list(unexpected), list(misshaped)
     self.unused_patterns = list(unused_patterns)
     lines = [f'{source} does not fit the model:']
@@ -48,6 +48,8 @@ class LoadError(ValueError):
     lines += [f'  dont_load pattern matches no leaf of the model: {p!r}' for p in self.unused_patterns]
     lines.append('Check config.model (kind, size, clusters, image_size) against the checkpoint; leaves meant to '
                  'stay fresh or to be dropped must be declared (dont_load / skip_unexpected of the task).')
+    if hint:
+      lines.append(hint)
     super().__init__('\n'.join(lines))
 
 

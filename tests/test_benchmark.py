@@ -30,6 +30,24 @@ def test_conv_grad_times_both_kernel_gradients_on_the_stems_shapes():
   assert all(r['xla_ms'] > 0 and r['matmul_ms'] > 0 and r['speedup'] > 0 for r in rows)
 
 
+def test_conv_forward_times_xla_defaults_beside_cast_jax_options(monkeypatch):
+  seen = []
+  original = benchmark._compile
+
+  def spy(jitted, *args):
+    seen.append(benchmark.timed_compiler_options())
+    return original(jitted, *args)
+
+  monkeypatch.setattr(benchmark, '_compile', spy)
+  rows = benchmark.bench_conv_forward('small', batch=2, image_size=64, repeats=1)
+  assert [(r['input'], r['kernel'], r['stride'], r['out_channels']) for r in rows] == [
+      ('64x64x3', '3x3', 2, 48), ('32x32x48', '3x3', 2, 96), ('16x16x96', '3x3', 2, 192),
+      ('8x8x192', '3x3', 1, 384), ('8x8x384', '1x1', 1, 384)]
+  assert all(r['xla_defaults_ms'] > 0 and r['cast_jax_ms'] > 0 and r['speedup'] > 0 for r in rows)
+  # Each layer compiled twice: XLA's defaults first, then cast_jax's options.
+  assert seen == [{}, xla_cpu.project_options() or {}] * len(rows)
+
+
 def test_grid_superpixels_must_be_square():
   with pytest.raises(ValueError, match='square number'):
     benchmark.bench_train_step('small', batch=2, image_size=64, num_superpixels=66, repeats=1, dtype='float32')

@@ -113,3 +113,41 @@ def test_evaluation_adapt_drops_or_keeps_only_a_head(tmp_path):
     init_from.adapt(moco, moco_spec, _variables(ModelSpec(**dict(TINY, kind='cast_deit')), seed=2))
   assert info.value.unexpected == ['params/pe_token (1, 1, 24)']
   assert info.value.misshaped == ['params/pos_embed: checkpoint (1, 64, 24), model (1, 65, 24)']
+
+
+def _supervised_config(checkpoint, keep_fresh: str = ''):
+  return ml_collections.ConfigDict({'trainer': 'supervised', 'init_checkpoint': str(checkpoint), 'seed': 0,
+                                    'init_keep_fresh': keep_fresh})
+
+
+def test_fine_tuning_on_another_class_count_keeps_the_named_head_fresh(tmp_path, capsys):
+  path, trained = _checkpoint(tmp_path, ModelSpec(**dict(TINY, kind='cast_deit'), num_classes=8))
+  spec = ModelSpec(**dict(TINY, kind='cast_deit'), num_classes=5)
+  fresh = _variables(spec, seed=2)
+  with pytest.raises(loading.LoadError) as info:  # strict by default, and the error says how to start the head fresh
+    tasks.starting_variables(_supervised_config(path), spec, fresh)
+  message = str(info.value)
+  assert 'mis-shaped: params/head/kernel: checkpoint (24, 8), model (24, 5)' in message
+  assert "--config.init_keep_fresh='params/head/.*'" in message
+  out = tasks.starting_variables(_supervised_config(path, 'params/head/.*'), spec, fresh)
+  assert "kept fresh: ['params/head/bias', 'params/head/kernel']" in capsys.readouterr().out
+  trained_flat, fresh_flat = loading.flat_names(trained), loading.flat_names(fresh)
+  out_flat = loading.flat_names(out)
+  assert set(out_flat) == set(fresh_flat)
+  for name, value in out_flat.items():
+    expected = fresh_flat[name] if name.startswith('params/head/') else trained_flat[name]
+    np.testing.assert_array_equal(value, expected, err_msg=name)
+
+
+def test_keep_fresh_patterns_are_checked(tmp_path):
+  path, _ = _checkpoint(tmp_path, ModelSpec(**dict(TINY, kind='cast_deit'), num_classes=8))
+  spec = ModelSpec(**dict(TINY, kind='cast_deit'), num_classes=8)
+  fresh = _variables(spec, seed=2)
+  with pytest.raises(loading.LoadError, match="dont_load pattern matches no leaf of the model: 'params/haed/.*'"):
+    tasks.starting_variables(_supervised_config(path, 'params/haed/.*'), spec, fresh)  # a typo is not ignored
+  with pytest.raises(ValueError, match='is not a regular expression'):
+    tasks.starting_variables(_supervised_config(path, 'params/head/(.*'), spec, fresh)
+  config = _supervised_config(path, 'params/head/.*')
+  config.trainer = 'segmentation'
+  with pytest.raises(ValueError, match='init_keep_fresh is for the supervised, moco and linear_probe trainers'):
+    tasks.starting_variables(config, spec, fresh)

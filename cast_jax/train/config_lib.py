@@ -95,6 +95,9 @@ def moco_defaults() -> ml_collections.ConfigDict:
       hierarchy=eval_entry('hierarchy_pictures', num_images=4)))
   c.mesh = ml_collections.ConfigDict(dict(fsdp=1))
   c.init_checkpoint = ''  # a converted .npz to start from
+  # A regex of the model's leaves that keep their fresh initialisation when starting from init_checkpoint, e.g.
+  # 'params/head/.*' to fine-tune a classifier on another class count ('' = every leaf comes from the checkpoint).
+  c.init_keep_fresh = ''
   c.compilation_cache_dir = ''
   c.fast_compile = False  # cheaper XLA CPU code generation (tests)
   # A jax.profiler trace of num_steps steps from first_step into <workdir>/profile (0: none).

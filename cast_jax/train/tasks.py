@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import re
 from typing import Any, Callable, Iterator
 
 import jax
@@ -321,7 +322,8 @@ def start_rules(config, spec: ModelSpec) -> tuple[tuple[loading.StartRules, ...]
 
 def starting_variables(config, spec: ModelSpec, fresh) -> dict[str, Any]:
   """``fresh`` (the model's seeded initialisation), overlaid with ``config.init_checkpoint`` (a converted .npz or
-  a workdir) under the trainer's ``start_rules``. Raises naming every leaf that does not fit."""
+  a workdir) under the trainer's ``start_rules``; leaves matching ``config.init_keep_fresh`` (a regex; supervised,
+  moco and linear_probe trainers) keep ``fresh``'s value. Raises naming every leaf that does not fit."""
   rules, required = start_rules(config, spec)
   if not config.init_checkpoint:
     if required:
@@ -329,6 +331,15 @@ def starting_variables(config, spec: ModelSpec, fresh) -> dict[str, Any]:
                        f'workdir) of a {" or ".join(k for r in rules for k in r.kinds)} model')
     return fresh
   source, loaded = loading.load_variables(config.init_checkpoint)
+  keep_fresh = config.get('init_keep_fresh') or ''
+  try:
+    re.compile(keep_fresh)
+  except re.error as e:
+    raise ValueError(f'--config.init_keep_fresh={keep_fresh!r} is not a regular expression ({e}); write one '
+                     "matching leaf names such as 'params/head/.*'") from None
+  if keep_fresh and config.trainer not in ('supervised', 'moco', 'linear_probe'):
+    raise ValueError(f'--config.init_keep_fresh is for the supervised, moco and linear_probe trainers; the '
+                     f'{config.trainer} trainer decides itself which leaves of its checkpoint start fresh')
   if config.trainer == 'segmentation' and not source.seg_classes:
     # An encoder checkpoint (the DeiT ``cast_deit``) under a fresh decoder: the encoder subtree only.
     loading.choose_rules(rules, source, str(config.init_checkpoint))
@@ -346,8 +357,18 @@ def starting_variables(config, spec: ModelSpec, fresh) -> dict[str, Any]:
       print(f'initialised the encoder from {config.init_checkpoint}; kept fresh: {kept}', flush=True)
     return variables
   chosen = loading.choose_rules(rules, source, str(config.init_checkpoint))
-  variables, kept = loading.start_from(fresh, spec, source, loaded, chosen, seed=config.seed,
-                                       path=str(config.init_checkpoint))
+  if keep_fresh:
+    chosen = dataclasses.replace(chosen, dont_load=chosen.dont_load + (keep_fresh,))
+  try:
+    variables, kept = loading.start_from(fresh, spec, source, loaded, chosen, seed=config.seed,
+                                         path=str(config.init_checkpoint))
+  except loading.LoadError as e:
+    if not e.misshaped or keep_fresh:
+      raise
+    raise loading.LoadError(str(config.init_checkpoint), e.missing, e.unexpected, e.misshaped, e.unused_patterns,
+                            hint="To train mis-shaped leaves from scratch instead (e.g. a classifier head for "
+                                 "another class count), name them in --config.init_keep_fresh='params/head/.*'.") \
+        from None
   if jax.process_index() == 0:
     print(f'initialised from {config.init_checkpoint}; kept fresh: {kept}', flush=True)
   return variables
