@@ -30,7 +30,9 @@ def test_conv_grad_times_both_kernel_gradients_on_the_stems_shapes():
   assert all(r['xla_ms'] > 0 and r['matmul_ms'] > 0 and r['speedup'] > 0 for r in rows)
 
 
-def test_conv_forward_times_xla_defaults_beside_cast_jax_options(monkeypatch):
+@pytest.fixture
+def compiled_with(monkeypatch):
+  """The compiler options of every timed compilation, in order (``benchmark._compile`` spied on)."""
   seen = []
   original = benchmark._compile
 
@@ -39,6 +41,11 @@ def test_conv_forward_times_xla_defaults_beside_cast_jax_options(monkeypatch):
     return original(jitted, *args)
 
   monkeypatch.setattr(benchmark, '_compile', spy)
+  return seen
+
+
+def test_conv_forward_times_xla_defaults_beside_cast_jax_options(compiled_with):
+  seen = compiled_with
   rows = benchmark.bench_conv_forward('small', batch=2, image_size=64, repeats=1)
   assert [(r['input'], r['kernel'], r['stride'], r['out_channels']) for r in rows] == [
       ('64x64x3', '3x3', 2, 48), ('32x32x48', '3x3', 2, 96), ('16x16x96', '3x3', 2, 192),
@@ -144,15 +151,8 @@ def test_accelerator_tiny_both_objectives_both_dtypes_with_given_peak(capsys):
                   ('supervised', 'bfloat16', True)]
 
 
-def test_compiler_options_reach_the_timed_compilation_and_are_reported(capsys, monkeypatch):
-  seen = []
-  original = benchmark._compile
-
-  def spy(jitted, *args):
-    seen.append(benchmark.timed_compiler_options())
-    return original(jitted, *args)
-
-  monkeypatch.setattr(benchmark, '_compile', spy)
+def test_compiler_options_reach_the_timed_compilation_and_are_reported(capsys, compiled_with):
+  seen = compiled_with
   given = {'xla_backend_optimization_level': '0'}
   project = xla_cpu.project_options() or {}
   for flags, expected in (([], {**project, **given}), (['--xla-defaults'], given)):
