@@ -104,8 +104,8 @@ def test_segmenter_two_sgd_steps_match_original(folder, tmp_path):
 
   # The noise sample first: ``step`` donates the state it is given.
   signs = np.random.default_rng(0).choice([-1.0, 1.0], size=batch['image'].shape)
-  nudged = {**batch, 'image': batch['image'] * jnp.asarray(1.0 + signs * np.finfo(np.float32).eps, jnp.float32)}
-  _, nudged_grads, _, _ = two_steps(objective.init_state(variables, jax.random.PRNGKey(0)), nudged)
+  nudged_batch = {**batch, 'image': batch['image'] * jnp.asarray(1.0 + signs * np.finfo(np.float32).eps, jnp.float32)}
+  _, nudged_grads, _, _ = two_steps(objective.init_state(variables, jax.random.PRNGKey(0)), nudged_batch)
   state, grads, losses, lrs = two_steps(state, batch)
   np.testing.assert_allclose(losses, golden['loss'], rtol=1e-5)
   np.testing.assert_allclose(lrs, golden['lr'], rtol=1e-6)  # the jitted schedule runs in float32
@@ -137,7 +137,7 @@ def test_segmenter_two_sgd_steps_match_original(folder, tmp_path):
     ours_after = to_torch(lookup(after[collection], flax_path))
     ours_start = to_torch(lookup(start[collection], flax_path))
     ours_grads = [to_torch(lookup(g, flax_path)) if collection == 'params' else None for g in grads]
-    nudged = [to_torch(lookup(g, flax_path)) if collection == 'params' else None for g in nudged_grads]
+    nudged_key_grads = [to_torch(lookup(g, flax_path)) if collection == 'params' else None for g in nudged_grads]
     sl = slice(entry['offset'], entry['offset'] + entry['size'])
     if mode == 'full':
       compare(f'{key} after', ours_after, golden['after'][sl], 1e-5)
@@ -146,7 +146,7 @@ def test_segmenter_two_sgd_steps_match_original(folder, tmp_path):
         if np.isnan(want).all():
           assert ours is None, f'{key}: the original computes no gradient for it'
           continue
-        measured = SAFETY * float(np.abs(ours - nudged[n - 1]).max())
+        measured = SAFETY * float(np.abs(ours - nudged_key_grads[n - 1]).max())
         compare(f'{key} grad{n}', ours, want, 1e-4 * float(np.abs(want).max()) + noise[n - 1] + measured)
     elif mode == 'fp':
       pos = golden['fp_index'][entry['index_offset']:entry['index_offset'] + entry['index_size']]
@@ -157,7 +157,7 @@ def test_segmenter_two_sgd_steps_match_original(folder, tmp_path):
         if np.isnan(want).all():
           assert ours is None, f'{key}: the original computes no gradient for it'
           continue
-        measured = SAFETY * float(np.abs(fingerprint(ours, pos) - fingerprint(nudged[n - 1], pos)).max())
+        measured = SAFETY * float(np.abs(fingerprint(ours, pos) - fingerprint(nudged_key_grads[n - 1], pos)).max())
         compare(f'{key} grad{n}', fingerprint(ours, pos), want, 1e-4 * float(np.abs(want).max()) + measured)
     else:
       raise AssertionError(f'{key}: unknown layout mode {mode!r}')
