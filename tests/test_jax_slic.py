@@ -93,6 +93,43 @@ def test_enforce_connectivity_absorbs_small_pieces():
   np.testing.assert_array_equal(out, expected)
 
 
+def _snake(size: int = 31) -> tuple[np.ndarray, int]:
+  """(size, size) ids: id 0 a one-pixel-wide path winding through every even row (511 px at 31), each odd row
+  its own id except where the path turns. Every id is one 4-connected piece."""
+  labels = np.zeros((size, size), np.int32)
+  num_ids = 1
+  for row in range(1, size, 2):
+    labels[row] = num_ids
+    labels[row, size - 1 if (row // 2) % 2 == 0 else 0] = 0  # the path turns at alternating ends
+    num_ids += 1
+  return labels, num_ids
+
+
+def test_enforce_connectivity_settles_a_long_winding_piece_in_few_rounds():
+  """Hooking merges whole trees, so a 511-pixel path is one piece within 8 rounds. (The earlier
+  min-propagation moved about a pixel per round: with 32 rounds it split the path and gave 254 of its pixels
+  to the neighbouring ids.)"""
+  labels, num_ids = _snake()
+  assert (labels == 0).sum() == 511
+  out = np.asarray(jax.jit(lambda x: enforce_connectivity(x, num_ids, 8, 8))(labels[None]))[0]
+  np.testing.assert_array_equal(out, labels)  # every id already connected: nothing moves
+
+
+def test_scatter_and_block_sums_agree():
+  """'auto' is the scatter on CPU; the block reductions (GPU / TPU) add the same numbers in another order, so
+  only a near-tie can tell them apart."""
+  images = _batch()
+  maps = {accumulate: np.asarray(slic_batch(images, num_segments=48, iterations=10, compactness=10.0,
+                                            connectivity=True, accumulate=accumulate))
+          for accumulate in ('auto', 'scatter', 'blocks')}
+  np.testing.assert_array_equal(maps['auto'], maps['scatter'])
+  for scatter, blocks in zip(maps['scatter'], maps['blocks']):
+    validate_superpixels(blocks, 48)
+    assert (scatter == blocks).mean() >= 0.999
+  with pytest.raises(ValueError, match='accumulate'):
+    slic_batch(images, num_segments=48, accumulate='atomic')
+
+
 def test_cells_cut_by_the_image_edge_keep_their_centres():
   """70x90 at 48: 6x8 cells of 12x12 px, the last row and column cut short (padded blocks). On a flat image
   every centre stays in its cell, so all 48 ids survive; padding that leaked into the centres' sums pushed the

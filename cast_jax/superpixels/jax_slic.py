@@ -16,11 +16,12 @@ The algorithm is SLIC's k-means in (L*, a*, b*, y, x) (Achanta et al. 2012) orga
 4. A final assignment, the connectivity pass below, then the ids still present are closed up to 0..n-1 in grid
    (raster) order, the order ``contract.relabel_dense`` keeps.
 
-Determinism: no scatter-adds of floats (their order is not fixed on GPUs). The image is laid out as blocks, one
-per grid cell, so the per-centre sums of step 3 are plain reductions over each block's pixels (once per offset
-of the 3x3 neighbourhood), and the 9 candidate centres of a pixel are slices of the padded centre array; the
-only scatters are integer ones (add, max, min: the connectivity pass and the marking of present ids), whose
-results do not depend on order.
+Determinism: no float scatter-adds on GPUs or TPUs (their order of addition is not fixed there). The image is
+laid out as blocks, one per grid cell, so the 9 candidate centres of a pixel are slices of the padded centre
+array, and there the per-centre sums of step 3 are plain reductions over each block's pixels (once per offset of
+the 3x3 neighbourhood). On CPU the sums are one scatter-add instead, which XLA CPU runs as a loop over the pixels
+in raster order: fixed, and 8x faster there (``accumulate`` in ``slic_batch``). The other scatters are integer
+ones (add, max, min: the connectivity pass and the marking of present ids), whose results do not depend on order.
 
 Connectivity (``connectivity=True``, the default): a k-means cluster may come out as more than one connected
 piece (a thin stripe cut off by a neighbour, a few pixels of one colour inside another). ``enforce_connectivity``
@@ -61,13 +62,20 @@ DEFAULT_COMPACTNESS = 10.0  # scikit-image's default, and the original's SLIC se
 
 
 def rgb_to_lab(rgb: jax.Array) -> jax.Array:
-  """CIE Lab of RGB in [0, 1], (..., 3) float -> (..., 3) float32 (L* in 0..100, a*, b* about -128..127)."""
+  """CIE Lab of RGB in [0, 1], (..., 3) float -> (..., 3) float32 (L* in 0..100, a*, b* about -128..127).
+
+  Written channel by channel with exp/log for the powers: XLA CPU vectorises these, while ``x ** 2.4``, ``cbrt``
+  and a 3x3 einsum over a 3-wide axis ran 4x slower (64 images at 224 px: 84 against 345 ms). The results agree
+  with skimage to float32 rounding either way.
+  """
   rgb = jnp.asarray(rgb, jnp.float32)
-  linear = jnp.where(rgb > 0.04045, ((rgb + 0.055) / 1.055) ** 2.4, rgb / 12.92)
-  xyz = jnp.einsum('...c,xc->...x', linear, jnp.asarray(_RGB_TO_XYZ), precision=jax.lax.Precision.HIGHEST)
-  xyz = xyz / jnp.asarray(_D65_WHITE)
-  f = jnp.where(xyz > 0.008856, jnp.cbrt(jnp.maximum(xyz, 0.008856)), 7.787 * xyz + 16.0 / 116.0)
-  fx, fy, fz = f[..., 0], f[..., 1], f[..., 2]
+  linear = jnp.where(rgb > 0.04045, jnp.exp(2.4 * jnp.log((jnp.maximum(rgb, 0.04045) + 0.055) / 1.055)),
+                     rgb / 12.92)
+  red, green, blue = linear[..., 0], linear[..., 1], linear[..., 2]
+  to_xyz = _RGB_TO_XYZ / _D65_WHITE[:, None]  # white-point division folded into the matrix
+  xyz = [to_xyz[i, 0] * red + to_xyz[i, 1] * green + to_xyz[i, 2] * blue for i in range(3)]
+  fx, fy, fz = (jnp.where(v > 0.008856, jnp.exp(jnp.log(jnp.maximum(v, 0.008856)) * (1.0 / 3.0)),
+                          7.787 * v + 16.0 / 116.0) for v in xyz)
   return jnp.stack([116.0 * fy - 16.0, 500.0 * (fx - fy), 200.0 * (fy - fz)], axis=-1)
 
 
@@ -101,9 +109,14 @@ def _to_unit_rgb(images: jax.Array) -> jax.Array:
 _OFFSETS = tuple((dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1))
 
 
-@functools.partial(jax.jit, static_argnames=('num_segments', 'iterations', 'compactness', 'connectivity'))
+_ACCUMULATE = ('auto', 'scatter', 'blocks')
+
+
+@functools.partial(jax.jit, static_argnames=('num_segments', 'iterations', 'compactness', 'connectivity',
+                                             'accumulate'))
 def slic_batch(images: jax.Array, num_segments: int = 196, iterations: int = DEFAULT_ITERATIONS,
-               compactness: float = DEFAULT_COMPACTNESS, connectivity: bool = True) -> jax.Array:
+               compactness: float = DEFAULT_COMPACTNESS, connectivity: bool = True,
+               accumulate: str = 'auto') -> jax.Array:
   """SLIC superpixels of a batch (see the module docstring).
 
   Args:
@@ -113,6 +126,9 @@ def slic_batch(images: jax.Array, num_segments: int = 196, iterations: int = DEF
     compactness: colour/space trade-off, as scikit-image's (Lab units per cell side).
     connectivity: absorb each id's pieces other than its largest into touching superpixels
       (``enforce_connectivity``).
+    accumulate: how the centres' sums are made: 'scatter' (one scatter-add), 'blocks' (masked reductions per
+      block, no float scatter) or 'auto' (scatter on CPU, blocks on GPU and TPU). The two agree up to float
+      rounding of the sums' order.
 
   Returns:
     int32 (B, H, W): per image, ids dense from 0 in raster order of their starting cells.
@@ -120,6 +136,8 @@ def slic_batch(images: jax.Array, num_segments: int = 196, iterations: int = DEF
   if images.ndim != 4 or images.shape[-1] != 3:
     raise ValueError(f'jax_slic takes a (B, H, W, 3) RGB batch, got shape {images.shape}: add a batch axis with '
                      'images[None] for one image')
+  if accumulate not in _ACCUMULATE:
+    raise ValueError(f'accumulate must be one of {_ACCUMULATE}, got {accumulate!r}')
   batch, height, width, _ = images.shape
   rows, cols, cell_h, cell_w = block_grid(height, width, num_segments)
   lab = rgb_to_lab(_to_unit_rgb(images))  # (B, H, W, 3)
@@ -134,11 +152,13 @@ def slic_batch(images: jax.Array, num_segments: int = 196, iterations: int = DEF
   xs = jnp.arange(cols * cell_w, dtype=jnp.float32)
   weight = ((ys < height)[:, None] & (xs < width)[None, :]).astype(jnp.float32)
   plane = (batch, 1, rows * cell_h, cols * cell_w)
-  features = jnp.concatenate([
+  pixels = jnp.concatenate([
       jnp.pad(jnp.moveaxis(lab, -1, 1), ((0, 0), (0, 0), (0, pad_h), (0, pad_w))),
       jnp.broadcast_to(ys[:, None], plane), jnp.broadcast_to(xs[None, :], plane), jnp.broadcast_to(weight, plane)],
-      axis=1) * weight
-  features = features.reshape(batch, 6, rows, cell_h, cols, cell_w)
+      axis=1) * weight  # (B, 6, rows * cell_h, cols * cell_w)
+  features = pixels.reshape(batch, 6, rows, cell_h, cols, cell_w)
+  # Channels last, in the blocks' raster order (B, rows, cell_h, cols, cell_w, 6): the scatter's updates.
+  pixel_rows = jnp.moveaxis(pixels, 1, -1).reshape(batch, rows, cell_h, cols, cell_w, 6)
 
   step = math.sqrt(height * width / (rows * cols))
   scale = np.array([1.0, 1.0, 1.0, compactness / step, compactness / step], np.float32)
@@ -148,43 +168,70 @@ def slic_batch(images: jax.Array, num_segments: int = 196, iterations: int = DEF
   sums = features.sum(axis=(3, 5))  # (B, 6, rows, cols)
   centres = sums[:, :5] / jnp.maximum(sums[:, 5:], 1.0)
 
+  # Each cell's own centre id (row-major on the rows x cols grid), and the id offset of each neighbour.
+  cell_id = (jnp.arange(rows, dtype=jnp.int32)[:, None, None, None] * cols
+             + jnp.arange(cols, dtype=jnp.int32)[None, None, :, None])  # (rows, 1, cols, 1)
+  id_step = [dy * cols + dx for dy, dx in _OFFSETS]
+
   def assign(centres):
-    """Index 0..8 into _OFFSETS of each pixel's nearest neighbouring centre: (B, rows, cell_h, cols, cell_w)."""
+    """Id of each pixel's nearest neighbouring centre: int32 (B, rows, cell_h, cols, cell_w)."""
     padded = jnp.pad(centres * jnp.asarray(scale)[None, :, None, None], ((0, 0), (0, 0), (1, 1), (1, 1)),
                      constant_values=jnp.inf)
     best = jnp.full(scaled.shape[:1] + scaled.shape[2:], jnp.inf, jnp.float32)
-    choice = jnp.zeros(best.shape, jnp.int32)
-    for index, (dy, dx) in enumerate(_OFFSETS):
+    owner = jnp.zeros(best.shape, jnp.int32)
+    for (dy, dx), step in zip(_OFFSETS, id_step):
       centre = padded[:, :, 1 + dy:1 + dy + rows, 1 + dx:1 + dx + cols][:, :, :, None, :, None]
       dist = sum((scaled[:, c] - centre[:, c]) ** 2 for c in range(5))  # inf outside the grid
       better = dist < best  # strict: ties keep the earlier offset, a fixed rule
       best = jnp.where(better, dist, best)
-      choice = jnp.where(better, index, choice)
-    return choice
+      owner = jnp.where(better, cell_id + step, owner)
+    return owner
 
-  def update(centres, _):
-    choice = assign(centres)
+  def sums_by_blocks(owner):
+    """(B, 6, rows, cols) sums of each centre's pixels' features (and their count): per-block reductions."""
     sums = jnp.zeros((batch, 6, rows, cols), jnp.float32)
-    for index, (dy, dx) in enumerate(_OFFSETS):
-      # Pixels of cell (i, j) that chose offset (dy, dx) belong to centre (i + dy, j + dx): sum them per
-      # cell, then shift the cell sums onto their centres (pad, then slice).
-      part = jnp.where((choice == index)[:, None], features, 0.0).sum(axis=(3, 5))
+    for (dy, dx), step in zip(_OFFSETS, id_step):
+      # Pixels of cell (i, j) owned by centre (i + dy, j + dx): sum them per cell, then shift the cell sums onto
+      # their centres (pad, then slice). Off the grid, cell_id + step can name another centre, but those sums
+      # land in the padding and are cut off.
+      part = jnp.where((owner == cell_id + step)[:, None], features, 0.0).sum(axis=(3, 5))
       padded = jnp.pad(part, ((0, 0), (0, 0), (1, 1), (1, 1)))
       sums = sums + padded[:, :, 1 - dy:1 - dy + rows, 1 - dx:1 - dx + cols]
+    return sums
+
+  def sums_by_scatter(owner):
+    """The same sums by one scatter-add of the pixels' rows onto their centres' ids."""
+    image = jnp.arange(batch, dtype=jnp.int32)[:, None, None, None, None]
+    sums = jnp.zeros((batch * rows * cols, 6), jnp.float32).at[image * (rows * cols) + owner].add(pixel_rows)
+    return jnp.moveaxis(sums.reshape(batch, rows, cols, 6), -1, 1)
+
+  def centre_sums(owner):
+    if accumulate == 'blocks':
+      return sums_by_blocks(owner)
+    if accumulate == 'scatter':
+      return sums_by_scatter(owner)
+    # XLA CPU runs a scatter-add as one loop over the pixels in a fixed order (deterministic), 8x faster there
+    # than the 9 masked block reductions (64 images at 224 px: 62 against 490 ms per iteration); GPUs and TPUs
+    # add a float scatter's updates in no fixed order, so they take the block reductions.
+    return jax.lax.platform_dependent(owner, cpu=sums_by_scatter, default=sums_by_blocks)
+
+  def update(carry, _):
+    centres, owner = carry
+    sums = centre_sums(owner)
     count = sums[:, 5:]
     # An emptied centre stays where it was.
-    return jnp.where(count > 0, sums[:, :5] / jnp.maximum(count, 1.0), centres), None
+    centres = jnp.where(count > 0, sums[:, :5] / jnp.maximum(count, 1.0), centres)
+    # The assignment is made at the end of an iteration and carried into the next: a loop-carried array is
+    # stored in its own 5-D shape, while one made beside the scatter was fused into the scatter's flat index
+    # loop, which recovered every 5-D index by division (5x slower on CPU).
+    return (centres, assign(centres)), None
 
-  centres, _ = jax.lax.scan(update, centres, None, length=iterations)
-  choice = assign(centres)
-  offsets = jnp.asarray(_OFFSETS, jnp.int32)  # (9, 2)
-  label_y = jnp.arange(rows, dtype=jnp.int32)[None, :, None, None, None] + offsets[choice, 0]
-  label_x = jnp.arange(cols, dtype=jnp.int32)[None, None, None, :, None] + offsets[choice, 1]
-  labels = (label_y * cols + label_x).reshape(batch, rows * cell_h, cols * cell_w)[:, :height, :width]
+  (centres, owner), _ = jax.lax.scan(update, (centres, assign(centres)), None, length=iterations)
+  labels = owner.reshape(batch, rows * cell_h, cols * cell_w)[:, :height, :width]
   if connectivity:
-    # A superpixel's pixels lie in the 3x3 cells around its centre, so its pieces are a few cell sides long; with
-    # a pointer jump per round, one cell side per axis was enough on photos (8 rounds at 224 px left ~0.5% extra
-    # pieces, 16 none).
+    # Both loops stop as soon as a round changes nothing; these are only bounds. A superpixel's pixels lie in the
+    # 3x3 cells around its centre, so a dropped piece is at most a few cell sides from a kept pixel (absorption
+    # moves one pixel per round); the hooking settles in 4-8 rounds on photos (64 and 224 px).
     reach = cell_h + cell_w
     # A pixel of a cut-off piece joins the kept neighbour nearest to it in Lab, so that a piece cut off along a
     # colour edge joins the side of the edge it resembles (neighbours' own colours: no gathers, which are slow on
@@ -207,8 +254,12 @@ def enforce_connectivity(labels: jax.Array, num_ids: int, label_iterations: int,
                          pixel_features: jax.Array | None = None) -> jax.Array:
   """Each id keeps its largest 4-connected piece; its other pieces join touching superpixels (jittable).
 
-  1. Connected pieces: every pixel points at the smallest pixel index it has reached through same-id
-     neighbours (min-propagation, then a pointer jump per round, ``label_iterations`` rounds).
+  1. Connected pieces, each named by its smallest pixel index (its root): union-find by hooking, at most
+     ``label_iterations`` rounds, stopping when a round changes nothing. In a round every pixel hooks its root
+     under the smallest root among its same-id 4-neighbours (an integer scatter-min), then two pointer jumps
+     shorten the trees. Trees merge whole, so a piece settles in a few rounds whatever its shape (5-8 on 224 px
+     photos); the earlier min-propagation moved one pixel per round plus a jump and had not settled after 32
+     rounds on 0.03% of the pixels.
   2. Piece sizes by an integer scatter-add; each id keeps its largest piece (ties: smallest root).
   3. ``absorb_iterations`` rounds in which a pixel of a dropped piece takes the id of a kept 4-neighbour and
      becomes kept: the id of the kept neighbour whose ``pixel_features`` are nearest the pixel's when given, else
@@ -227,18 +278,25 @@ def enforce_connectivity(labels: jax.Array, num_ids: int, label_iterations: int,
   """
   batch, height, width = labels.shape
   count = height * width
-  index = jnp.broadcast_to(jnp.arange(count, dtype=jnp.int32).reshape(1, height, width), labels.shape)
-  label_nbs = _neighbours(labels, -1)
+  total = batch * count  # pixels are numbered across the batch: one flat parent array, 1-D scatters and gathers
+  same_label = [label_nb == labels for label_nb in _neighbours(labels, -1)]  # fixed over the rounds
 
-  def propagate(root, _):
-    for label_nb, root_nb in zip(label_nbs, _neighbours(root, count)):
-      root = jnp.where(label_nb == labels, jnp.minimum(root, root_nb), root)
-    flat = root.reshape(batch, count)
-    return jnp.take_along_axis(flat, flat, axis=1).reshape(root.shape), None  # pointer jump
+  def hook_and_jump(parent):
+    # parent: (B * H * W,) int32, each pixel's parent in its piece's tree; always <= the pixel's own index and
+    # in its piece, so a round that changes nothing leaves every pixel pointing at its piece's smallest index.
+    root = parent.reshape(labels.shape)
+    lowest = root
+    for same, root_nb in zip(same_label, _neighbours(root, total)):
+      lowest = jnp.where(same, jnp.minimum(lowest, root_nb), lowest)
+    # Pixels with no smaller neighbouring root aim past the end: dropped.
+    target = jnp.where(lowest < root, root, total)
+    parent = parent.at[target.ravel()].min(lowest.ravel(), mode='drop')
+    parent = parent[parent]
+    return parent[parent]
 
-  root, _ = jax.lax.scan(propagate, index, None, length=label_iterations)
+  root_flat = _rounds_until_fixed(hook_and_jump, jnp.arange(total, dtype=jnp.int32), label_iterations)
   offset = (jnp.arange(batch, dtype=jnp.int32) * count)[:, None, None]
-  root_flat = (root + offset).ravel()
+  root = root_flat.reshape(labels.shape) - offset  # each piece's smallest pixel index within its image
   size = jnp.zeros(batch * count, jnp.int32).at[root_flat].add(1)[root_flat]
   label_flat = (labels + (jnp.arange(batch, dtype=jnp.int32) * num_ids)[:, None, None]).ravel()
   largest = jnp.zeros(batch * num_ids, jnp.int32).at[label_flat].max(size)[label_flat]
@@ -249,9 +307,11 @@ def enforce_connectivity(labels: jax.Array, num_ids: int, label_iterations: int,
   if pixel_features is None:
     costs = [jnp.zeros(labels.shape, jnp.float32)] * 4
   else:  # fixed over the rounds: a pixel's colour distance to each of its neighbours
-    costs = [jnp.sum((pixel_features - nb) ** 2, -1) for nb in _neighbours(pixel_features, 0.0)]
+    # Summed channel by channel: a reduction over the 3-wide last axis went to a library call 4x slower on CPU.
+    costs = [sum((pixel_features[..., c] - nb[..., c]) ** 2 for c in range(pixel_features.shape[-1]))
+             for nb in _neighbours(pixel_features, 0.0)]
 
-  def absorb(state, _):
+  def absorb(state):
     labels, kept = state
     best = jnp.full(labels.shape, jnp.inf, jnp.float32)
     new_labels = labels
@@ -259,10 +319,33 @@ def enforce_connectivity(labels: jax.Array, num_ids: int, label_iterations: int,
       take = ~kept & kept_nb & (cost < best)  # strict: ties keep the earlier neighbour
       new_labels = jnp.where(take, label_nb, new_labels)
       best = jnp.where(take, cost, best)
-    return (new_labels, kept | jnp.isfinite(best)), None
+    return new_labels, kept | jnp.isfinite(best)
 
-  (labels, _), _ = jax.lax.scan(absorb, (labels, kept), None, length=absorb_iterations)
+  labels, _ = _rounds_until_fixed(absorb, (labels, kept), absorb_iterations)
   return labels
+
+
+def _rounds_until_fixed(step, state, max_rounds: int):
+  """``step`` applied to ``state`` ``max_rounds`` times, stopping early once a round changes nothing.
+
+  ``step`` is a deterministic function of the state alone, so a round that changes nothing would change nothing
+  ever after: stopping there gives exactly the ``max_rounds`` result, at the cost of the rounds actually needed
+  (on 224 px photos the connectivity pass settled in far fewer than its bound). The batch stops together, when
+  every image has settled; the shapes stay static (a ``while_loop`` with a bounded trip count).
+  """
+  def unsettled(carry):
+    rounds, _, changed = carry
+    return (rounds < max_rounds) & changed
+
+  def one_round(carry):
+    rounds, state, _ = carry
+    new_state = step(state)
+    changed = functools.reduce(jnp.logical_or, [jnp.any(new != old) for new, old in
+                                                zip(jax.tree.leaves(new_state), jax.tree.leaves(state))])
+    return rounds + 1, new_state, changed
+
+  _, state, _ = jax.lax.while_loop(unsettled, one_round, (jnp.int32(0), state, jnp.bool_(True)))
+  return state
 
 
 def relabel_present(labels: jax.Array, num_ids: int) -> jax.Array:
@@ -272,10 +355,12 @@ def relabel_present(labels: jax.Array, num_ids: int) -> jax.Array:
   number of present ids below it.
   """
   batch = labels.shape[0]
-  flat = labels.reshape(batch, -1)
-  present = jnp.zeros((batch, num_ids), jnp.int32).at[jnp.arange(batch)[:, None], flat].max(1)
+  # One flat id per (image, id): 1-D scatter and gather indices, which XLA CPU runs 2x faster than the
+  # (image, id) index pairs it builds for a batched scatter / take_along_axis.
+  flat = (labels + (jnp.arange(batch, dtype=jnp.int32) * num_ids)[:, None, None]).ravel()
+  present = jnp.zeros(batch * num_ids, jnp.int32).at[flat].max(1).reshape(batch, num_ids)
   new_id = jnp.cumsum(present, axis=1) - 1
-  return jnp.take_along_axis(new_id, flat, axis=1).reshape(labels.shape).astype(jnp.int32)
+  return new_id.ravel()[flat].reshape(labels.shape).astype(jnp.int32)
 
 
 @functools.partial(jax.jit, static_argnames=('num_segments', 'iterations', 'compactness', 'connectivity'))
@@ -285,12 +370,16 @@ def slic_from_normalized(images: jax.Array, num_segments: int = 196, iterations:
   jitted train step: the host then only decodes and augments, and ships no superpixel maps.
 
   Args:
-    images: float (B, H, W, 3), ``(rgb / 255 - mean) / std``.
+    images: float (B, H, W, 3), ``(rgb / 255 - mean) / std`` (rounded back to 0..255 levels).
 
   Returns:
     int32 (B, H, W) superpixel ids (see ``slic_batch``).
   """
   rgb = images.astype(jnp.float32) * jnp.asarray(_IMAGENET_STD) + jnp.asarray(_IMAGENET_MEAN)
+  # Back onto the uint8 grid the views were made from: undoing the normalisation leaves an ulp of error, and on
+  # noise-like content an ulp can flip a near-tie of the k-means (5% of a noise image's pixels moved); rounded,
+  # the maps are those of the uint8 pixels, bit for bit.
+  rgb = jnp.round(jnp.clip(rgb, 0.0, 1.0) * 255.0).astype(jnp.uint8)
   return slic_batch(rgb, num_segments=num_segments, iterations=iterations, compactness=compactness,
                     connectivity=connectivity)
 
