@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import functools
 import math
+import os
 
 import jax
 import jax.numpy as jnp
@@ -159,6 +160,10 @@ def slic_batch(images: jax.Array, num_segments: int = 196, iterations: int = DEF
   features = pixels.reshape(batch, 6, rows, cell_h, cols, cell_w)
   # Channels last, in the blocks' raster order (B, rows, cell_h, cols, cell_w, 6): the scatter's updates.
   pixel_rows = jnp.moveaxis(pixels, 1, -1).reshape(batch, rows, cell_h, cols, cell_w, 6)
+  # The scatter path adds one slice of the batch per CPU core (sums_by_scatter); the slices are cut once here.
+  per_part = -(-batch // min(batch, os.cpu_count() or 1))
+  batch_parts = [(start, min(batch, start + per_part)) for start in range(0, batch, per_part)]
+  pixel_row_parts = [pixel_rows[start:stop] for start, stop in batch_parts]
 
   step = math.sqrt(height * width / (rows * cols))
   scale = np.array([1.0, 1.0, 1.0, compactness / step, compactness / step], np.float32)
@@ -201,8 +206,15 @@ def slic_batch(images: jax.Array, num_segments: int = 196, iterations: int = DEF
 
   def sums_by_scatter(owner):
     """The same sums by one scatter-add of the pixels' rows onto their centres' ids."""
-    image = jnp.arange(batch, dtype=jnp.int32)[:, None, None, None, None]
-    sums = jnp.zeros((batch * rows * cols, 6), jnp.float32).at[image * (rows * cols) + owner].add(pixel_rows)
+    # One scatter per slice of the batch, a slice per CPU core: XLA CPU runs a scatter on one thread, but
+    # independent ones side by side (64 images at 224 px on 2 cores: 63 against 54 images/s). Each image's
+    # pixels are added in the same order however the batch is cut, so the sums do not depend on the cut.
+    parts = []
+    for (start, stop), part_rows in zip(batch_parts, pixel_row_parts):
+      image = jnp.arange(stop - start, dtype=jnp.int32)[:, None, None, None, None]
+      target = image * (rows * cols) + owner[start:stop]
+      parts.append(jnp.zeros(((stop - start) * rows * cols, 6), jnp.float32).at[target].add(part_rows))
+    sums = jnp.concatenate(parts, 0)
     return jnp.moveaxis(sums.reshape(batch, rows, cols, 6), -1, 1)
 
   def centre_sums(owner):
