@@ -8,7 +8,9 @@ Each round runs ``python -m cast_jax.benchmark`` and ``benchmarks/original_pytor
 process prints one JSON line per measurement (images per second after a warm-up step); this script pairs them
 by round and prints, per measurement, every round's images/s on both sides, each round's ratio and the median
 ratio (README "Speed"). ``--torch-python`` is an interpreter with torch and timm 0.4.12 (not a dependency of
-cast_jax); the original's checkout is ``--cast-repo``.
+cast_jax); the original's checkout is ``--cast-repo``. ``--cpu-devices 1 --cpu-devices 2`` times cast_jax once per
+count in every round (``cast_jax.benchmark --cpu-devices``: the CPU as that many devices, the step data
+parallel); the side of a count other than 1 is named ``cast_jax_cpu_devices_<n>``.
 """
 
 from __future__ import annotations
@@ -38,11 +40,19 @@ def parse_results(stdout: str) -> dict[str, float]:
   return results
 
 
+def cast_side(cpu_devices: int) -> str:
+  return 'cast_jax' if cpu_devices == 1 else f'cast_jax_cpu_devices_{cpu_devices}'
+
+
 def commands(args) -> dict[str, list[str]]:
   only = [flag for name in args.only for flag in ('--only', name)]
   common = ['--batch', str(args.batch), '--repeats', str(args.repeats)]
+  ours = {}
+  for count in getattr(args, 'cpu_devices', None) or [1]:
+    devices = [] if count == 1 else ['--cpu-devices', str(count)]
+    ours[cast_side(count)] = [sys.executable, '-m', 'cast_jax.benchmark', *only, *common, *devices]
   return {
-      'cast_jax': [sys.executable, '-m', 'cast_jax.benchmark', *only, *common],
+      **ours,
       'original': [args.torch_python, str(HERE / 'original_pytorch.py'), '--cast-repo', args.cast_repo, *only,
                    *common, '--threads', str(args.threads)],
   }
@@ -57,15 +67,17 @@ def run(command: list[str]) -> dict[str, float]:
 
 
 def summarize(rounds: list[dict[str, dict[str, float]]]) -> list[dict]:
-  """Per measurement: each round's images/s on both sides, each round's ratio (cast_jax / original), the median."""
-  names = [name for name in rounds[0]['cast_jax'] if name in rounds[0]['original']]
+  """Per cast_jax side and measurement: each round's images/s on that side and the original's, each round's
+  ratio (cast_jax / original), the median."""
   rows = []
-  for name in names:
-    ours = [r['cast_jax'][name] for r in rounds]
-    theirs = [r['original'][name] for r in rounds]
-    ratios = [a / b for a, b in zip(ours, theirs)]
-    rows.append({'name': name, 'cast_jax_images_per_s': ours, 'original_images_per_s': theirs,
-                 'ratios': [round(r, 3) for r in ratios], 'median_ratio': round(statistics.median(ratios), 3)})
+  for side in [side for side in rounds[0] if side != 'original']:
+    for name in [name for name in rounds[0][side] if name in rounds[0]['original']]:
+      ours = [r[side][name] for r in rounds]
+      theirs = [r['original'][name] for r in rounds]
+      ratios = [a / b for a, b in zip(ours, theirs)]
+      row = {'name': name} if side == 'cast_jax' else {'name': name, 'side': side}
+      rows.append({**row, f'{side}_images_per_s': ours, 'original_images_per_s': theirs,
+                   'ratios': [round(r, 3) for r in ratios], 'median_ratio': round(statistics.median(ratios), 3)})
   return rows
 
 
@@ -79,6 +91,8 @@ def main(argv=None) -> int:
   parser.add_argument('--batch', type=int, default=32)
   parser.add_argument('--repeats', type=int, default=3)
   parser.add_argument('--threads', type=int, default=2, help="the original's torch.set_num_threads")
+  parser.add_argument('--cpu-devices', type=int, action='append', default=None,
+                      help='cast_jax.benchmark --cpu-devices; repeat to time several counts each round (default 1)')
   args = parser.parse_args(argv)
   args.only = args.only or ['train_step']
   if args.rounds < 1:

@@ -9,6 +9,10 @@ Measurements (``--only`` picks some):
     XLA's own flop count.
   matmul: one float32 (6304x384) @ (384x1536) product, the MLP's shape at batch 32: what this CPU's matrix
     units deliver, the ceiling the forward pass is compared with.
+  attention_products: attention's three batched matrix products at CAST-S's first stage ((batch, 12 heads, 197
+    tokens, 32 channels); q k^T, the weights times v, and the transposed product of the backward) beside the
+    MLP's 2-D matmul: milliseconds each and the cores it kept busy (process CPU time over wall time), which shows
+    XLA CPU running the batched ones on one core (why ``--cpu-devices`` helps; README "Speed").
   conv_grad: the kernel gradient of each conv of the model's stem (its shapes at ``--batch`` and
     ``--image-size``), XLA's own beside ``cast_jax.models.conv``'s matrix products: milliseconds each.
   conv_forward: the forward of each conv of the stem compiled with XLA's defaults and with cast_jax's options
@@ -52,6 +56,7 @@ import argparse
 import contextlib
 import functools
 import json
+import os
 import platform
 import sys
 import time
@@ -78,6 +83,20 @@ def _environment() -> dict:
   device = jax.devices()[0]
   return {'backend': jax.default_backend(), 'device': getattr(device, 'device_kind', str(device)),
           'num_devices': jax.device_count(), 'jax': jax.__version__, 'python': platform.python_version()}
+
+
+def on_devices(replicated_tree, batch_tree):
+  """(replicated_tree, batch_tree) laid out as the trainer lays out state and batch: on one device as they are;
+  on several (``--cpu-devices``) the first replicated and the second split over the devices along its leading
+  (batch) axis, so the jitted step runs data parallel."""
+  if jax.device_count() == 1:
+    return replicated_tree, batch_tree
+  from cast_jax.train import sharding  # pylint: disable=import-outside-toplevel
+
+  mesh = sharding.make_mesh(1)
+  sharding.check_batch_divides(jax.tree_util.tree_leaves(batch_tree)[0].shape[0], mesh)
+  return (jax.device_put(replicated_tree, sharding.replicated(mesh)),
+          jax.device_put(batch_tree, sharding.batch_sharding(mesh)))
 
 
 def _mean_seconds(fn, args, repeats: int) -> float:
@@ -107,12 +126,13 @@ def _compile(jitted, *args):
   return compiled, time.perf_counter() - start
 
 
-def _gflops_per_s(compiled, seconds: float) -> Optional[float]:
-  """XLA's own flop count of ``compiled`` over ``seconds`` (None where the backend gives no count)."""
+def _gflops_per_s(compiled, seconds: float, devices: int = 1) -> Optional[float]:
+  """XLA's own flop count of ``compiled`` over ``seconds`` (None where the backend gives no count). XLA counts
+  one device's share of a program split over ``devices``, so the count is multiplied by them."""
   analysis = compiled.cost_analysis()
   analysis = analysis[0] if isinstance(analysis, (list, tuple)) else analysis
   flops = (analysis or {}).get('flops')
-  return round(flops / seconds / 1e9, 1) if flops else None
+  return round(flops * devices / seconds / 1e9, 1) if flops else None
 
 
 def _grid_inputs(batch: int, image_size: int, num_superpixels: int, views: int = 1):
@@ -131,12 +151,13 @@ def bench_forward(variant: str, batch: int, image_size: int, num_superpixels: in
   model = build_model(spec, dtype=compute_dtype(dtype))
   (images,), superpixels = _grid_inputs(batch, image_size, num_superpixels)
   variables = jax.jit(model.init)(jax.random.PRNGKey(0), images[:1], superpixels[:1])
+  variables, (images, superpixels) = on_devices(variables, (images, superpixels))
   forward = jax.jit(lambda v, x, y: model.apply(v, x, y)['features'])
   compiled, compile_s = _compile(forward, variables, images, superpixels)
   step_s = _mean_seconds(compiled, (variables, images, superpixels), repeats)
   return {'name': 'forward', 'model': f'cast_{variant}', 'dtype': dtype, 'batch': batch, 'image_size': image_size,
           'superpixels': num_superpixels, 'compile_s': round(compile_s, 2), 'step_s': round(step_s, 4),
-          'images_per_s': round(batch / step_s, 2), 'gflops_per_s': _gflops_per_s(compiled, step_s),
+          'images_per_s': round(batch / step_s, 2), 'gflops_per_s': _gflops_per_s(compiled, step_s, jax.device_count()),
           'repeats': repeats, **_environment()}
 
 
@@ -149,6 +170,32 @@ def bench_matmul(repeats: int) -> dict:
   step_s = _mean_seconds(compiled, (a, b), repeats)
   return {'name': 'matmul', 'shape': '6304x384 @ 384x1536', 'step_s': round(step_s, 5),
           'gflops_per_s': round(2 * 6304 * 384 * 1536 / step_s / 1e9, 1), 'repeats': repeats, **_environment()}
+
+
+def bench_attention_products(batch: int, repeats: int) -> list[dict]:
+  """Each batched product of attention at cast_small's first stage, and the MLP's 2-D matmul for contrast:
+  milliseconds and cores used (user + system CPU time of this process over the wall time of the calls)."""
+  rng = np.random.default_rng(0)
+  tokens, heads, head_dim, dim = 197, 12, 32, 384
+  q = jnp.asarray(rng.normal(size=(batch, heads, tokens, head_dim)), jnp.float32)
+  weights = jnp.asarray(rng.normal(size=(batch, heads, tokens, tokens)), jnp.float32)
+  x = jnp.asarray(rng.normal(size=(batch * tokens, dim)), jnp.float32)
+  w = jnp.asarray(rng.normal(size=(dim, 4 * dim)), jnp.float32)
+  cases = [('q k^T', 'bhqd,bhkd->bhqk', (q, q)), ('weights v', 'bhqk,bhkd->bhqd', (weights, q)),
+           ('weights^T g', 'bhqk,bhqd->bhkd', (weights, q)), ('mlp x w', 'nd,de->ne', (x, w))]
+  rows = []
+  for name, equation, operands in cases:
+    compiled, _ = _compile(jax.jit(functools.partial(jnp.einsum, equation)), *operands)
+    jax.block_until_ready(compiled(*operands))
+    cpu_start, start = os.times(), time.perf_counter()
+    for _ in range(repeats):
+      jax.block_until_ready(compiled(*operands))
+    wall, cpu_end = time.perf_counter() - start, os.times()
+    cpu = (cpu_end.user - cpu_start.user) + (cpu_end.system - cpu_start.system)
+    rows.append({'name': 'attention_products', 'product': name, 'einsum': equation, 'batch': batch,
+                 'ms': round(1e3 * wall / repeats, 2), 'cores_used': round(cpu / wall, 2),
+                 'repeats': repeats, **_environment()})
+  return rows
 
 
 def stem_layers(variant: str, image_size: int) -> list[tuple[int, int, int, int, int]]:
@@ -305,7 +352,9 @@ def bench_deit_train_step(variant: str, batch: int, image_size: int, num_superpi
 
 def _time_train_step(objective, state, batch_arrays, repeats: int):
   """(last metrics, compile seconds, seconds per step) of ``objective.train_step`` jitted with the state
-  donated: one warm-up step, then ``repeats`` timed steps on the same batch."""
+  donated: one warm-up step, then ``repeats`` timed steps on the same batch (data parallel over the devices
+  where there are several, ``on_devices``)."""
+  state, batch_arrays = on_devices(state, batch_arrays)
   compiled, compile_s = _compile(jax.jit(objective.train_step, donate_argnums=(0,)), state, batch_arrays)
   state, metrics = compiled(state, batch_arrays)  # warm-up
   jax.block_until_ready(metrics)
@@ -531,6 +580,10 @@ def _sliding_window(args) -> list[dict]:
                                args.repeats, args.dtype)]
 
 
+def _attention_products(args) -> list[dict]:
+  return bench_attention_products(args.batch, args.repeats)
+
+
 def _conv_grad(args) -> list[dict]:
   return bench_conv_grad(args.variant, args.batch, args.image_size, args.repeats)
 
@@ -539,7 +592,8 @@ def _conv_forward(args) -> list[dict]:
   return bench_conv_forward(args.variant, args.batch, args.image_size, args.repeats)
 
 
-BENCHMARKS = {'forward': _forward, 'matmul': _matmul, 'conv_grad': _conv_grad, 'conv_forward': _conv_forward,
+BENCHMARKS = {'forward': _forward, 'matmul': _matmul, 'attention_products': _attention_products,
+              'conv_grad': _conv_grad, 'conv_forward': _conv_forward,
               'train_step': _train_step,
               'deit_train_step': _deit_train_step, 'superpixels': bench_superpixels,
               'pipeline': bench_pipeline, 'seg_train_step': _seg_train_step, 'sliding_window': _sliding_window}
@@ -555,6 +609,9 @@ def main(argv=None) -> int:
   parser.add_argument('--superpixels', type=int, default=196)
   parser.add_argument('--repeats', type=int, default=5)
   parser.add_argument('--dtype', choices=['float32', 'bfloat16'], default='float32')
+  parser.add_argument('--cpu-devices', type=int, default=1,
+                      help='present the CPU as this many jax devices and run the steps and the forward data '
+                           'parallel over them (the trainer\'s config.mesh.cpu_devices; e.g. the core count)')
   parser.add_argument('--pipeline-batches', type=int, default=6, help='batches per pipeline measurement')
   parser.add_argument('--superpixel-batch', type=int, default=256,
                       help='images per jitted jax_slic call in the superpixels measurement (smaller for CI)')
@@ -574,6 +631,7 @@ def main(argv=None) -> int:
                       help="the convs' kernel gradient in the steps: matmul (cast_jax.models.conv, the default) "
                            "or xla (XLA's own), to time the two side by side")
   args = parser.parse_args(argv)
+  xla_cpu.use_cpu_devices(args.cpu_devices)  # before anything below starts jax's backends
   if args.accelerator:
     if args.only:
       parser.error('--accelerator runs its own measurements; drop --only')

@@ -32,7 +32,10 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   logging.set_verbosity(FLAGS.log_level)
+  from cast_jax import xla_cpu  # pylint: disable=import-outside-toplevel
   from cast_jax.train import distributed  # pylint: disable=import-outside-toplevel
+
+  xla_cpu.use_cpu_devices(FLAGS.config.mesh.get('cpu_devices', 1))  # before anything starts jax's backends
 
   distributed.start(FLAGS.distributed, FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
   from cast_jax.train.loop import train_and_evaluate  # pylint: disable=import-outside-toplevel

@@ -21,6 +21,15 @@ def test_matmul_ceiling():
   assert result['shape'] == '6304x384 @ 384x1536' and result['gflops_per_s'] > 0
 
 
+def test_attention_products_report_time_and_cores_of_each_product():
+  rows = benchmark.bench_attention_products(batch=2, repeats=2)
+  assert [r['product'] for r in rows] == ['q k^T', 'weights v', 'weights^T g', 'mlp x w']
+  assert [r['einsum'] for r in rows][:3] == ['bhqd,bhkd->bhqk', 'bhqk,bhkd->bhqd', 'bhqk,bhqd->bhkd']
+  for row in rows:
+    assert row['ms'] > 0 and row['batch'] == 2
+    assert 0 < row['cores_used'] <= 4 * (benchmark.os.cpu_count() or 1)  # CPU time over wall time
+
+
 def test_conv_grad_times_both_kernel_gradients_on_the_stems_shapes():
   rows = benchmark.bench_conv_grad('small', batch=2, image_size=64, repeats=1)
   # cast_small's stem: 3 -> 48 -> 96 -> 192 -> 384 (strides 2, 2, 2, 1), then the 1x1 projection to 384.

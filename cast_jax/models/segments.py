@@ -66,12 +66,11 @@ def segment_sum(values, ids, num_segments: int):
   Ids outside [0, S) (possible only under jit, where values cannot be validated) are dropped instead of
   spilling into a neighbouring image's segments; ``ids_in_range`` reports them.
   """
-  batch = values.shape[0]
-  offsets = (jnp.arange(batch, dtype=ids.dtype) * num_segments)[:, None]
-  flat_ids = jnp.where((ids >= 0) & (ids < num_segments), ids + offsets, batch * num_segments)
-  flat = jax.ops.segment_sum(values.reshape(-1, values.shape[-1]), flat_ids.reshape(-1),
-                             num_segments=batch * num_segments)
-  return flat.reshape(batch, num_segments, values.shape[-1])
+  # One scatter with the batch as a scatter batching dimension (vmap), not the batch folded into the segment
+  # ids: a sharded jit can then split it over the batch like any other op. Folding the batch into flat ids
+  # made the partitioner replicate the scatter and everything after it (every device computed the whole batch).
+  safe_ids = jnp.where((ids >= 0) & (ids < num_segments), ids, num_segments)  # num_segments: dropped
+  return jax.vmap(lambda v, i: jax.ops.segment_sum(v, i, num_segments=num_segments))(values, safe_ids)
 
 
 def ids_in_range(ids, num_segments: int):

@@ -93,7 +93,10 @@ def moco_defaults() -> ml_collections.ConfigDict:
   c.evals = ml_collections.ConfigDict(dict(
       knn=eval_entry('knn', num_examples=10000, num_train=50000, k=20, temperature=0.07, num_classes=1000),
       hierarchy=eval_entry('hierarchy_pictures', num_images=4)))
-  c.mesh = ml_collections.ConfigDict(dict(fsdp=1))
+  # cpu_devices: on a host without an accelerator, how many jax devices its CPU presents (1: jax's default; the
+  # core count runs the step data parallel, a slice of the batch per core: cast_jax.xla_cpu.use_cpu_devices).
+  # Read by ``python -m cast_jax.main`` before jax starts; the batch sizes must divide by it.
+  c.mesh = ml_collections.ConfigDict(dict(fsdp=1, cpu_devices=1))
   c.init_checkpoint = ''  # a converted .npz to start from
   # A regex of the model's leaves that keep their fresh initialisation when starting from init_checkpoint, e.g.
   # 'params/head/.*' to fine-tune a classifier on another class count ('' = every leaf comes from the checkpoint).

@@ -92,6 +92,7 @@ def _train(config, run: RunFolder, writer: MetricWriter, cleanup: contextlib.Exi
   workdir, is_main = run.root, jax.process_index() == 0
   writer.write_config(config.to_dict())
 
+  sharding.check_cpu_devices(config.mesh.get('cpu_devices', 1))
   mesh = sharding.make_mesh(config.mesh.fsdp)
   sharding.check_batch_divides(config.batch_size, mesh)
   spec = model_spec(config)

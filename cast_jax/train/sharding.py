@@ -66,6 +66,17 @@ def global_batch(local_batch: Mapping[str, Any], mesh: Mesh) -> dict[str, jax.Ar
   return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v)) for k, v in local_batch.items()}
 
 
+def check_cpu_devices(cpu_devices: int) -> None:
+  """Raises when ``config.mesh.cpu_devices`` asks for a CPU device count that this process's jax does not have
+  (it must be set before jax starts: ``python -m cast_jax.main`` does, ``xla_cpu.use_cpu_devices``)."""
+  if cpu_devices == 1 or jax.default_backend() != 'cpu':
+    return
+  if jax.local_device_count() != cpu_devices:
+    raise ValueError(f'config.mesh.cpu_devices={cpu_devices}, but jax has {jax.local_device_count()} CPU '
+                     'device(s): jax started before the setting was applied. Run through python -m cast_jax.main, '
+                     'or call cast_jax.xla_cpu.use_cpu_devices(n) right after importing jax.')
+
+
 def check_batch_divides(global_batch_size: int, mesh: Mesh) -> None:
   devices = mesh.devices.size
   if global_batch_size % devices or global_batch_size % jax.process_count():
