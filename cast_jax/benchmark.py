@@ -156,7 +156,8 @@ def bench_forward(variant: str, batch: int, image_size: int, num_superpixels: in
   step_s = _mean_seconds(compiled, (variables, images, superpixels), repeats)
   return {'name': 'forward', 'model': f'cast_{variant}', 'dtype': dtype, 'batch': batch, 'image_size': image_size,
           'superpixels': num_superpixels, 'compile_s': round(compile_s, 2), 'step_s': round(step_s, 4),
-          'images_per_s': round(batch / step_s, 2), 'gflops_per_s': _gflops_per_s(compiled, step_s, jax.device_count()),
+          'images_per_s': round(batch / step_s, 2),
+          'gflops_per_s': _gflops_per_s(compiled, step_s, jax.device_count()),
           'repeats': repeats, **_environment()}
 
 
