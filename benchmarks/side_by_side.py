@@ -10,7 +10,11 @@ by round and prints, per measurement, every round's images/s on both sides, each
 ratio (README "Speed"). ``--torch-python`` is an interpreter with torch and timm 0.4.12 (not a dependency of
 cast_jax); the original's checkout is ``--cast-repo``. ``--cpu-devices 1 --cpu-devices 2`` times cast_jax once per
 count in every round (``cast_jax.benchmark --cpu-devices``: the CPU as that many devices, the step data
-parallel); the side of a count other than 1 is named ``cast_jax_cpu_devices_<n>``.
+parallel); the side of a count other than 1 is named ``cast_jax_cpu_devices_<n>``. ``--without-hugepages`` adds,
+for each count, a side run with ``CAST_JAX_MALLOC_HUGEPAGES=0`` (``<side>_no_hugepages``: glibc's 4 KiB pages
+for XLA's buffers, ``cast_jax.malloc_hugepages``); ``--original-hugepages`` adds the original run with the same
+glibc tunable (``original_hugepages``), to show what the tunable alone does to it. Ratios are always against
+the original as it ships.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import pathlib
 import statistics
 import subprocess
 import sys
+from typing import Optional
 
 HERE = pathlib.Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -44,22 +49,32 @@ def cast_side(cpu_devices: int) -> str:
   return 'cast_jax' if cpu_devices == 1 else f'cast_jax_cpu_devices_{cpu_devices}'
 
 
-def commands(args) -> dict[str, list[str]]:
+NO_HUGEPAGES = {'CAST_JAX_MALLOC_HUGEPAGES': '0'}
+HUGEPAGES = {'GLIBC_TUNABLES': 'glibc.malloc.hugetlb=1'}
+
+
+def commands(args) -> dict[str, tuple[list[str], dict[str, str]]]:
+  """{side: (command, environment variables it gets on top of this process's)}."""
   only = [flag for name in args.only for flag in ('--only', name)]
   common = ['--batch', str(args.batch), '--repeats', str(args.repeats)]
   ours = {}
   for count in getattr(args, 'cpu_devices', None) or [1]:
     devices = [] if count == 1 else ['--cpu-devices', str(count)]
-    ours[cast_side(count)] = [sys.executable, '-m', 'cast_jax.benchmark', *only, *common, *devices]
-  return {
-      **ours,
-      'original': [args.torch_python, str(HERE / 'original_pytorch.py'), '--cast-repo', args.cast_repo, *only,
-                   *common, '--threads', str(args.threads)],
-  }
+    command = [sys.executable, '-m', 'cast_jax.benchmark', *only, *common, *devices]
+    ours[cast_side(count)] = (command, {})
+    if getattr(args, 'without_hugepages', False):
+      ours[f'{cast_side(count)}_no_hugepages'] = (command, NO_HUGEPAGES)
+  original = [args.torch_python, str(HERE / 'original_pytorch.py'), '--cast-repo', args.cast_repo, *only,
+              *common, '--threads', str(args.threads)]
+  sides = {**ours, 'original': (original, {})}
+  if getattr(args, 'original_hugepages', False):
+    sides['original_hugepages'] = (original, HUGEPAGES)
+  return sides
 
 
-def run(command: list[str]) -> dict[str, float]:
+def run(command: list[str], extra_env: Optional[dict[str, str]] = None) -> dict[str, float]:
   env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get('PYTHONPATH')])))
+  env.update(extra_env or {})
   done = subprocess.run(command, capture_output=True, text=True, env=env, cwd=REPO, check=False)
   if done.returncode != 0:
     raise RuntimeError(f'{" ".join(command)} failed ({done.returncode}):\n{done.stderr[-2000:]}')
@@ -93,6 +108,10 @@ def main(argv=None) -> int:
   parser.add_argument('--threads', type=int, default=2, help="the original's torch.set_num_threads")
   parser.add_argument('--cpu-devices', type=int, action='append', default=None,
                       help='cast_jax.benchmark --cpu-devices; repeat to time several counts each round (default 1)')
+  parser.add_argument('--without-hugepages', action='store_true',
+                      help='also time cast_jax with CAST_JAX_MALLOC_HUGEPAGES=0 (4 KiB pages for its buffers)')
+  parser.add_argument('--original-hugepages', action='store_true',
+                      help="also time the original with GLIBC_TUNABLES=glibc.malloc.hugetlb=1")
   args = parser.parse_args(argv)
   args.only = args.only or ['train_step']
   if args.rounds < 1:
@@ -101,8 +120,8 @@ def main(argv=None) -> int:
   rounds = []
   for index in range(args.rounds):
     results = {}
-    for side, command in (order if index % 2 == 0 else order[::-1]):
-      results[side] = run(command)
+    for side, (command, extra_env) in (order if index % 2 == 0 else order[::-1]):
+      results[side] = run(command, extra_env)
       print(json.dumps({'round': index + 1, 'side': side, **results[side]}), flush=True)
     rounds.append(results)
   for row in summarize(rounds):

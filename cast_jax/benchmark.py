@@ -45,6 +45,9 @@ accelerator (``--accelerator``, not part of "everything"): the MoCo and supervis
 
 Every timed compilation gets cast_jax's XLA options (``cast_jax.xla_cpu``, what the trainer compiles with) plus
 any ``--compiler-option``; ``--xla-defaults`` drops cast_jax's own, to time XLA's defaults side by side.
+``python -m cast_jax.benchmark`` restarts itself with glibc's huge pages for malloc where they apply
+(``cast_jax.malloc_hugepages``, as the trainer does; ``CAST_JAX_MALLOC_HUGEPAGES=0`` times without them); each
+JSON line records the ``GLIBC_TUNABLES`` it ran with.
 
 Weights are random (speed does not depend on them) and superpixels are a regular 14x14 grid of 16 px cells,
 so every one of the 196 token slots is used, as with SEEDS at 224 px.
@@ -56,6 +59,7 @@ import argparse
 import contextlib
 import functools
 import json
+import os
 import platform
 import sys
 import time
@@ -65,7 +69,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from cast_jax import benchmark_accelerator, xla_cpu
+from cast_jax import benchmark_accelerator, malloc_hugepages, xla_cpu
 from cast_jax.models import ModelSpec, build_model, conv
 from cast_jax.models.variants import compute_dtype
 
@@ -656,9 +660,11 @@ def main(argv=None) -> int:
       for result in results:
         if 'step' in name:
           result = {**result, 'conv_kernel_grad': args.conv_kernel_grad}
-        print(json.dumps({**result, 'compiler_options': options}), flush=True)
+        print(json.dumps({**result, 'compiler_options': options,
+                          'glibc_tunables': os.environ.get('GLIBC_TUNABLES', '')}), flush=True)
   return 0
 
 
 if __name__ == '__main__':
+  malloc_hugepages.reexec_with_hugepages('cast_jax.benchmark')  # README "Huge pages for XLA's buffers"
   sys.exit(main())

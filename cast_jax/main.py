@@ -45,6 +45,9 @@ def main(argv):
 
 def run():
   """The ``cast-train`` console command (pyproject.toml), the same as ``python -m cast_jax.main``."""
+  from cast_jax import malloc_hugepages  # pylint: disable=import-outside-toplevel
+
+  malloc_hugepages.reexec_with_hugepages('cast_jax.main')  # first: the restarted process does all of this again
   app.run(main, flags_parser=parse_flags_explaining_overrides)  # misspelt --config.X: name it, list close ones
 
 

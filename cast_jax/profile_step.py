@@ -38,7 +38,7 @@ from typing import Iterable
 
 import jax
 
-from cast_jax import xla_cpu
+from cast_jax import malloc_hugepages, xla_cpu
 
 
 # ---------------------------------------------------------------------------------------------- HLO metadata
@@ -316,4 +316,5 @@ def main(argv=None) -> int:
 
 
 if __name__ == '__main__':
+  malloc_hugepages.reexec_with_hugepages('cast_jax.profile_step')  # README "Huge pages for XLA's buffers"
   sys.exit(main())
