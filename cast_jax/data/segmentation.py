@@ -139,12 +139,13 @@ def photometric_distortion(image: np.ndarray, rng: np.random.Generator, brightne
 def normalize(image: np.ndarray) -> np.ndarray:
   """``mmcv.imnormalize`` with the 255-scale stats: uint8 RGB (H, W, 3) -> float32 (H, W, 3).
 
-  The same cv2 calls as mmcv, because the superpixel view truncates the round trip and so sees its rounding.
+  The arithmetic of mmcv's ``cv2.subtract`` / ``cv2.multiply`` under OpenCV 4 (what the original ran), because the
+  superpixel view truncates the round trip and so sees its rounding: each op in float64 (the Scalar's type),
+  rounded to float32 after each. Written in numpy since OpenCV 5 does both ops in float32 (other last bits) and
+  broadcasts a (1, 3) Scalar wrongly over images one pixel wide.
   """
-  out = image.astype(np.float32)
-  cv2.subtract(out, np.float64(MEAN_255.reshape(1, -1)), out)
-  cv2.multiply(out, 1.0 / np.float64(STD_255.reshape(1, -1)), out)
-  return out
+  centred = (image.astype(np.float64) - MEAN_255.astype(np.float64)).astype(np.float32)
+  return (centred.astype(np.float64) * (1.0 / STD_255.astype(np.float64))).astype(np.float32)
 
 
 def pad_bottom_right(array: np.ndarray, size: int, value) -> np.ndarray:
