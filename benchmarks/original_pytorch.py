@@ -19,6 +19,9 @@ inputs; superpixels are a regular grid of ``--superpixels`` (196: 14x14 cells of
 throughout: the original trains under CUDA autocast (float16), which a CPU has no counterpart of here.
   forward: eval forward of cast_small (``--image-size`` 224, 196 grid superpixels, ``--batch`` 32), images per
     second.
+  block: timm 0.4.12's transformer ``Block`` as CAST builds it, at cast_small's first stage (``--batch`` x 197
+    tokens x 384 channels, 6 heads), then its attention and its MLP alone: forward and backward, one line each,
+    milliseconds and images per second; the counterpart of ``python -m cast_jax.benchmark --only block``.
   train_step: one MoCo-v3 step of CAST-S as ``moco-v3/main_moco_suppix.py`` runs
     ``scripts/moco/train_imagenet1k_cast.sh``: ``suppix_utils.builder.MoCo_SupPix(partial(cast_small,
     stop_grad_conv1=True), dim 256, mlp_dim 4096, T 0.2)``, both views through the base encoder and predictor,
@@ -414,7 +417,38 @@ def bench_seg_train_step(torch, args) -> dict:
           'repeats': args.repeats, 'process_peak_rss_mb': _peak_rss_mb()}
 
 
-BENCHMARKS = {'forward': bench_forward, 'train_step': bench_train_step, 'deit_train_step': bench_deit_train_step,
+def bench_block(torch, args) -> list[dict]:
+  """timm 0.4.12's ``Block`` as CAST builds it (qkv bias, LayerNorm eps 1e-6, exact GELU) at cast_small's first
+  stage, then its attention and its MLP alone: forward and backward (gradients of the input and every parameter),
+  the counterpart of ``python -m cast_jax.benchmark --only block``."""
+  import functools  # pylint: disable=import-outside-toplevel
+
+  from timm.models.vision_transformer import Attention, Block, Mlp  # pylint: disable=import-outside-toplevel
+
+  tokens, dim, heads = 197, 384, 6
+  norm = functools.partial(torch.nn.LayerNorm, eps=1e-6)
+  parts = {'block': Block(dim, heads, qkv_bias=True, norm_layer=norm),
+           'block_attention': Attention(dim, heads, qkv_bias=True), 'block_mlp': Mlp(dim, 4 * dim)}
+  generator = torch.Generator().manual_seed(0)
+  x = torch.randn(args.batch, tokens, dim, generator=generator, requires_grad=True)
+  upstream = torch.randn(args.batch, tokens, dim, generator=generator)
+  rows = []
+  for name, module in parts.items():
+    inputs = [x, *module.parameters()]
+
+    def step(module=module, inputs=inputs):
+      grads = torch.autograd.grad((module(x) * upstream).sum(), inputs)
+      return float(grads[0][0, 0, 0])
+
+    _, seconds = _time_steps(step, args.repeats)
+    rows.append({'name': name, 'model': f'timm 0.4.12 {type(module).__name__} (original PyTorch)', 'batch': args.batch,
+                 'tokens': tokens, 'dim': dim, 'heads': heads, 'ms': round(1e3 * seconds, 2),
+                 'images_per_s': round(args.batch / seconds, 2), 'repeats': args.repeats})
+  return rows
+
+
+BENCHMARKS = {'forward': bench_forward, 'block': bench_block, 'train_step': bench_train_step,
+              'deit_train_step': bench_deit_train_step,
               'seg_train_step': bench_seg_train_step, 'sliding_window': bench_sliding_window}
 
 
@@ -442,8 +476,9 @@ def main(argv=None) -> int:
   _install_torchvision_stub_if_missing()
   sys.path.insert(0, args.cast_repo)
   for name in args.only or ['forward']:
-    result = BENCHMARKS[name](torch, args)
-    print(json.dumps({**result, 'torch': torch.__version__, 'threads': torch.get_num_threads()}), flush=True)
+    results = BENCHMARKS[name](torch, args)
+    for result in results if isinstance(results, list) else [results]:
+      print(json.dumps({**result, 'torch': torch.__version__, 'threads': torch.get_num_threads()}), flush=True)
   return 0
 
 

@@ -13,6 +13,10 @@ Measurements (``--only`` picks some):
     tokens, 32 channels); q k^T, the weights times v, and the transposed product of the backward) beside the
     MLP's 2-D matmul: milliseconds each and the cores it kept busy (process CPU time over wall time), which shows
     XLA CPU running the batched ones on one core (why ``--cpu-devices`` helps; README "Speed").
+  block: one timm transformer block of CAST-S's first stage ((batch, 197 tokens, 384 channels), 6 heads, exact
+    GELU, LayerNorm eps 1e-6) forward and backward (gradients of the input and every parameter), then its
+    attention and its MLP alone, the same way: one line each ('block', 'block_attention', 'block_mlp'),
+    milliseconds and images per second; ``benchmarks/original_pytorch.py --only block`` times timm's.
   conv_grad: the kernel gradient of each conv of the model's stem (its shapes at ``--batch`` and
     ``--image-size``), XLA's own beside ``cast_jax.models.conv``'s matrix products: milliseconds each.
   conv_forward: the forward of each conv of the stem compiled with XLA's defaults and with cast_jax's options
@@ -199,6 +203,35 @@ def bench_attention_products(batch: int, repeats: int) -> list[dict]:
     rows.append({'name': 'attention_products', 'product': name, 'einsum': equation, 'batch': batch,
                  'ms': round(1e3 * wall / repeats, 2), 'cores_used': round(cpu / wall, 2),
                  'repeats': repeats, **_environment()})
+  return rows
+
+
+BLOCK_TOKENS, BLOCK_DIM, BLOCK_HEADS = 197, 384, 6  # cast_small's first stage: 196 segments + the class token
+
+
+def bench_block(batch: int, repeats: int, tokens: int = BLOCK_TOKENS, dim: int = BLOCK_DIM,
+                heads: int = BLOCK_HEADS) -> list[dict]:
+  """A transformer block, its attention and its MLP, each forward and backward at (batch, tokens, dim):
+  milliseconds per call (mean of ``repeats`` after a warm-up) and images per second."""
+  from cast_jax.models import layers  # pylint: disable=import-outside-toplevel
+
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.normal(size=(batch, tokens, dim)), jnp.float32)
+  upstream = jnp.asarray(rng.normal(size=(batch, tokens, dim)), jnp.float32)  # the gradient flowing in
+  parts = {'block': layers.Block(num_heads=heads), 'block_attention': layers.Attention(heads),
+           'block_mlp': layers.Mlp(4 * dim)}
+  rows = []
+  for name, module in parts.items():
+    params = jax.jit(module.init)(jax.random.PRNGKey(0), x)
+
+    def loss(params, x, module=module):
+      return jnp.sum(module.apply(params, x) * upstream)
+
+    compiled, _ = _compile(jax.jit(jax.grad(loss, argnums=(0, 1))), params, x)
+    seconds = _mean_seconds(compiled, (params, x), repeats)
+    rows.append({'name': name, 'batch': batch, 'tokens': tokens, 'dim': dim, 'heads': heads,
+                 'ms': round(1e3 * seconds, 2), 'images_per_s': round(batch / seconds, 2), 'repeats': repeats,
+                 **_environment()})
   return rows
 
 
@@ -588,6 +621,10 @@ def _attention_products(args) -> list[dict]:
   return bench_attention_products(args.batch, args.repeats)
 
 
+def _block(args) -> list[dict]:
+  return bench_block(args.batch, args.repeats)
+
+
 def _conv_grad(args) -> list[dict]:
   return bench_conv_grad(args.variant, args.batch, args.image_size, args.repeats)
 
@@ -596,7 +633,7 @@ def _conv_forward(args) -> list[dict]:
   return bench_conv_forward(args.variant, args.batch, args.image_size, args.repeats)
 
 
-BENCHMARKS = {'forward': _forward, 'matmul': _matmul, 'attention_products': _attention_products,
+BENCHMARKS = {'forward': _forward, 'matmul': _matmul, 'attention_products': _attention_products, 'block': _block,
               'conv_grad': _conv_grad, 'conv_forward': _conv_forward,
               'train_step': _train_step,
               'deit_train_step': _deit_train_step, 'superpixels': bench_superpixels,

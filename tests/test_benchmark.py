@@ -31,6 +31,21 @@ def test_attention_products_report_time_and_cores_of_each_product():
     assert 0 < row['cores_used'] <= 4 * (os.cpu_count() or 1)  # CPU time over wall time
 
 
+def test_block_times_the_block_then_its_attention_and_mlp():
+  rows = benchmark.bench_block(batch=2, repeats=1, tokens=5, dim=16, heads=2)
+  assert [r['name'] for r in rows] == ['block', 'block_attention', 'block_mlp']
+  for row in rows:
+    assert (row['batch'], row['tokens'], row['dim'], row['heads']) == (2, 5, 16, 2)
+    assert row['ms'] > 0 and row['images_per_s'] == pytest.approx(2 / (row['ms'] / 1e3), rel=0.02)
+
+
+def test_block_is_a_choice_of_the_command_line(capsys):
+  assert 'block' in benchmark.BENCHMARKS
+  with pytest.raises(SystemExit):
+    benchmark.main(['--only', 'not_a_benchmark'])
+  assert 'block' in capsys.readouterr().err  # argparse lists the choices
+
+
 def test_conv_grad_times_both_kernel_gradients_on_the_stems_shapes():
   rows = benchmark.bench_conv_grad('small', batch=2, image_size=64, repeats=1)
   # cast_small's stem: 3 -> 48 -> 96 -> 192 -> 384 (strides 2, 2, 2, 1), then the 1x1 projection to 384.
