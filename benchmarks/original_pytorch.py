@@ -22,6 +22,8 @@ throughout: the original trains under CUDA autocast (float16), which a CPU has n
   block: timm 0.4.12's transformer ``Block`` as CAST builds it, at cast_small's first stage (``--batch`` x 197
     tokens x 384 channels, 6 heads), then its attention and its MLP alone: forward and backward, one line each,
     milliseconds and images per second; the counterpart of ``python -m cast_jax.benchmark --only block``.
+  stem: the original's ``ConvStem`` of cast_small in train mode, forward and backward (parameter gradients),
+    milliseconds and images per second; the counterpart of ``python -m cast_jax.benchmark --only stem``.
   train_step: one MoCo-v3 step of CAST-S as ``moco-v3/main_moco_suppix.py`` runs
     ``scripts/moco/train_imagenet1k_cast.sh``: ``suppix_utils.builder.MoCo_SupPix(partial(cast_small,
     stop_grad_conv1=True), dim 256, mlp_dim 4096, T 0.2)``, both views through the base encoder and predictor,
@@ -447,7 +449,29 @@ def bench_block(torch, args) -> list[dict]:
   return rows
 
 
-BENCHMARKS = {'forward': bench_forward, 'block': bench_block, 'train_step': bench_train_step,
+def bench_stem(torch, args) -> dict:
+  """The original's ``ConvStem`` (cast_small: embed 384) in train mode, forward and backward with respect to its
+  parameters (the image needs no gradient), the counterpart of ``python -m cast_jax.benchmark --only stem``."""
+  from cast_models.modules import ConvStem  # pylint: disable=import-outside-toplevel
+
+  stem = ConvStem(img_size=args.image_size, patch_size=8, embed_dim=384).train()
+  generator = torch.Generator().manual_seed(0)
+  images = torch.randn(args.batch, 3, args.image_size, args.image_size, generator=generator)
+  size = args.image_size // 8
+  upstream = torch.randn(args.batch, size, size, 384, generator=generator)  # its output is channels-last
+  params = list(stem.parameters())
+
+  def step():
+    grads = torch.autograd.grad((stem(images) * upstream).sum(), params)
+    return float(grads[0].flatten()[0])
+
+  _, seconds = _time_steps(step, args.repeats)
+  return {'name': 'stem', 'model': 'cast_models.modules.ConvStem (original PyTorch)', 'batch': args.batch,
+          'image_size': args.image_size, 'embed_dim': 384, 'ms': round(1e3 * seconds, 2),
+          'images_per_s': round(args.batch / seconds, 2), 'repeats': args.repeats}
+
+
+BENCHMARKS = {'forward': bench_forward, 'block': bench_block, 'stem': bench_stem, 'train_step': bench_train_step,
               'deit_train_step': bench_deit_train_step,
               'seg_train_step': bench_seg_train_step, 'sliding_window': bench_sliding_window}
 

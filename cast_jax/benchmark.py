@@ -17,6 +17,9 @@ Measurements (``--only`` picks some):
     GELU, LayerNorm eps 1e-6) forward and backward (gradients of the input and every parameter), then its
     attention and its MLP alone, the same way: one line each ('block', 'block_attention', 'block_mlp'),
     milliseconds and images per second; ``benchmarks/original_pytorch.py --only block`` times timm's.
+  stem: cast_small's conv stem in train mode (BatchNorm on batch statistics) at (batch, 224, 224, 3), forward and
+    backward (gradients of every parameter, none of the image), as the DeiT step runs it: milliseconds and
+    images per second; ``benchmarks/original_pytorch.py --only stem`` times the original's ``ConvStem``.
   conv_grad: the kernel gradient of each conv of the model's stem (its shapes at ``--batch`` and
     ``--image-size``), XLA's own beside ``cast_jax.models.conv``'s matrix products: milliseconds each.
   conv_forward: the forward of each conv of the stem compiled with XLA's defaults and with cast_jax's options
@@ -233,6 +236,30 @@ def bench_block(batch: int, repeats: int, tokens: int = BLOCK_TOKENS, dim: int =
                  'ms': round(1e3 * seconds, 2), 'images_per_s': round(batch / seconds, 2), 'repeats': repeats,
                  **_environment()})
   return rows
+
+
+def bench_stem(batch: int, image_size: int, repeats: int, embed_dim: int = BLOCK_DIM) -> dict:
+  """The conv stem in train mode, forward and backward with respect to its parameters only."""
+  from cast_jax.models import layers  # pylint: disable=import-outside-toplevel
+
+  rng = np.random.default_rng(0)
+  images = jnp.asarray(rng.normal(size=(batch, image_size, image_size, 3)), jnp.float32)
+  stem = layers.ConvStem(embed_dim)
+  variables = jax.jit(stem.init)(jax.random.PRNGKey(0), images[:1])
+  size = image_size // 8
+  upstream = jnp.asarray(rng.normal(size=(batch, size, size, embed_dim)), jnp.float32)
+
+  def loss(params, batch_stats, images):
+    out, _ = stem.apply({'params': params, 'batch_stats': batch_stats}, images, train=True,
+                        mutable=['batch_stats'])
+    return jnp.sum(out * upstream)
+
+  args = (variables['params'], variables['batch_stats'], images)
+  compiled, _ = _compile(jax.jit(jax.grad(loss)), *args)
+  seconds = _mean_seconds(compiled, args, repeats)
+  return {'name': 'stem', 'batch': batch, 'image_size': image_size, 'embed_dim': embed_dim,
+          'ms': round(1e3 * seconds, 2), 'images_per_s': round(batch / seconds, 2), 'repeats': repeats,
+          **_environment()}
 
 
 def stem_layers(variant: str, image_size: int) -> list[tuple[int, int, int, int, int]]:
@@ -625,6 +652,10 @@ def _block(args) -> list[dict]:
   return bench_block(args.batch, args.repeats)
 
 
+def _stem(args) -> list[dict]:
+  return [bench_stem(args.batch, args.image_size, args.repeats)]
+
+
 def _conv_grad(args) -> list[dict]:
   return bench_conv_grad(args.variant, args.batch, args.image_size, args.repeats)
 
@@ -633,8 +664,8 @@ def _conv_forward(args) -> list[dict]:
   return bench_conv_forward(args.variant, args.batch, args.image_size, args.repeats)
 
 
-BENCHMARKS = {'forward': _forward, 'matmul': _matmul, 'attention_products': _attention_products, 'block': _block,
-              'conv_grad': _conv_grad, 'conv_forward': _conv_forward,
+BENCHMARKS = {'forward': _forward, 'matmul': _matmul, 'attention_products': _attention_products,
+              'block': _block, 'stem': _stem, 'conv_grad': _conv_grad, 'conv_forward': _conv_forward,
               'train_step': _train_step,
               'deit_train_step': _deit_train_step, 'superpixels': bench_superpixels,
               'pipeline': bench_pipeline, 'seg_train_step': _seg_train_step, 'sliding_window': _sliding_window}

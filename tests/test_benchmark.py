@@ -39,8 +39,14 @@ def test_block_times_the_block_then_its_attention_and_mlp():
     assert row['ms'] > 0 and row['images_per_s'] == pytest.approx(2 / (row['ms'] / 1e3), rel=0.02)
 
 
+def test_stem_times_the_train_mode_stem_forward_and_backward():
+  row = benchmark.bench_stem(batch=2, image_size=32, repeats=1, embed_dim=16)
+  assert (row['name'], row['batch'], row['image_size'], row['embed_dim']) == ('stem', 2, 32, 16)
+  assert row['ms'] > 0 and row['images_per_s'] == pytest.approx(2 / (row['ms'] / 1e3), rel=0.02)
+
+
 def test_block_is_a_choice_of_the_command_line(capsys):
-  assert 'block' in benchmark.BENCHMARKS
+  assert 'block' in benchmark.BENCHMARKS and 'stem' in benchmark.BENCHMARKS
   with pytest.raises(SystemExit):
     benchmark.main(['--only', 'not_a_benchmark'])
   assert 'block' in capsys.readouterr().err  # argparse lists the choices
