@@ -17,9 +17,9 @@ Measurements (``--only`` picks some):
     GELU, LayerNorm eps 1e-6) forward and backward (gradients of the input and every parameter), then its
     attention and its MLP alone, the same way: one line each ('block', 'block_attention', 'block_mlp'),
     milliseconds and images per second; ``benchmarks/original_pytorch.py --only block`` times timm's.
-  stem: cast_small's conv stem in train mode (BatchNorm on batch statistics) at (batch, 224, 224, 3), forward and
-    backward (gradients of every parameter, none of the image), as the DeiT step runs it: milliseconds and
-    images per second; ``benchmarks/original_pytorch.py --only stem`` times the original's ``ConvStem``.
+  stem: cast_small's conv stem in train mode (BatchNorm on batch statistics) at ``--batch`` x ``--image-size``
+    (224) pixels, forward and backward (gradients of every parameter, none of the image), as the DeiT step runs
+    it: milliseconds and images per second; ``benchmarks/original_pytorch.py --only stem`` times the original's ``ConvStem``.
   conv_grad: the kernel gradient of each conv of the model's stem (its shapes at ``--batch`` and
     ``--image-size``), XLA's own beside ``cast_jax.models.conv``'s matrix products: milliseconds each.
   conv_forward: the forward of each conv of the stem compiled with XLA's defaults and with cast_jax's options
@@ -77,7 +77,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from cast_jax import benchmark_accelerator, malloc_hugepages, xla_cpu
-from cast_jax.models import ModelSpec, build_model, conv
+from cast_jax.models import ModelSpec, build_model, conv, layers
 from cast_jax.models.variants import compute_dtype
 
 
@@ -216,8 +216,6 @@ def bench_block(batch: int, repeats: int, tokens: int = BLOCK_TOKENS, dim: int =
                 heads: int = BLOCK_HEADS) -> list[dict]:
   """A transformer block, its attention and its MLP, each forward and backward at (batch, tokens, dim):
   milliseconds per call (mean of ``repeats`` after a warm-up) and images per second."""
-  from cast_jax.models import layers  # pylint: disable=import-outside-toplevel
-
   rng = np.random.default_rng(0)
   x = jnp.asarray(rng.normal(size=(batch, tokens, dim)), jnp.float32)
   upstream = jnp.asarray(rng.normal(size=(batch, tokens, dim)), jnp.float32)  # the gradient flowing in
@@ -240,8 +238,6 @@ def bench_block(batch: int, repeats: int, tokens: int = BLOCK_TOKENS, dim: int =
 
 def bench_stem(batch: int, image_size: int, repeats: int, embed_dim: int = BLOCK_DIM) -> dict:
   """The conv stem in train mode, forward and backward with respect to its parameters only."""
-  from cast_jax.models import layers  # pylint: disable=import-outside-toplevel
-
   rng = np.random.default_rng(0)
   images = jnp.asarray(rng.normal(size=(batch, image_size, image_size, 3)), jnp.float32)
   stem = layers.ConvStem(embed_dim)
