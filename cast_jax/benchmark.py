@@ -19,7 +19,8 @@ Measurements (``--only`` picks some):
     milliseconds and images per second; ``benchmarks/original_pytorch.py --only block`` times timm's.
   stem: cast_small's conv stem in train mode (BatchNorm on batch statistics) at ``--batch`` x ``--image-size``
     (224) pixels, forward and backward (gradients of every parameter, none of the image), as the DeiT step runs
-    it: milliseconds and images per second; ``benchmarks/original_pytorch.py --only stem`` times the original's ``ConvStem``.
+    it: milliseconds and images per second; ``benchmarks/original_pytorch.py --only stem`` times the original's
+    ``ConvStem``.
   conv_grad: the kernel gradient of each conv of the model's stem (its shapes at ``--batch`` and
     ``--image-size``), XLA's own beside ``cast_jax.models.conv``'s matrix products: milliseconds each.
   conv_forward: the forward of each conv of the stem compiled with XLA's defaults and with cast_jax's options
